@@ -1,0 +1,499 @@
+"""The master's state and how events fold into it.
+
+Two parts live here. The durable part (tasks, pending queues, pod occupancy,
+counters) changes only through :meth:`MasterState.apply` of journal events, so
+replaying the journal rebuilds it exactly. The volatile part (connected workers)
+describes live sessions and starts empty on every master.
+
+Decision functions (:mod:`mawex.core.decide`, :mod:`mawex.core.dispatch`,
+:mod:`mawex.core.timers`) call :meth:`MasterState.emit`, which applies an event
+and queues it for the journal; the engine drains :attr:`MasterState.outbox` once
+per loop turn and appends it in one transaction.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from mawex.core import events as ev
+from mawex.model import TaskStatus
+
+Key = tuple[str, str]
+"""A task's identity: ``(group, id)``."""
+
+
+class TaskRecord:
+    """Everything the master knows about one task."""
+
+    __slots__ = (
+        "accepted_at",
+        "attempt",
+        "errors",
+        "failures",
+        "finished_at",
+        "group",
+        "id",
+        "max_attempts",
+        "payload",
+        "pending_deadline",
+        "pod",
+        "result",
+        "seq",
+        "started_at",
+        "status",
+        "timeout_s",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        group: str,
+        id: str,
+        payload: bytes,
+        max_attempts: int,
+        timeout_s: float | None,
+        pending_deadline: float | None,
+        seq: int,
+        accepted_at: float,
+    ) -> None:
+        self.group = group
+        self.id = id
+        self.payload = payload
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self.pending_deadline = pending_deadline
+        self.seq = seq
+        self.accepted_at = accepted_at
+        self.status = TaskStatus.PENDING
+        self.attempt = 0
+        self.failures = 0
+        self.errors: list[str] | None = None
+        self.result: bytes | None = None
+        self.worker: str | None = None
+        self.pod: str | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.group, self.id)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.errors[-1] if self.errors else None
+
+    def to_row(self) -> list[Any]:
+        return [getattr(self, name) for name in _ROW_FIELDS]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> TaskRecord:
+        record = cls.__new__(cls)
+        for name, value in zip(_ROW_FIELDS, row, strict=True):
+            setattr(record, name, value)
+        record.status = TaskStatus(record.status)
+        return record
+
+
+_ROW_FIELDS = tuple(sorted(TaskRecord.__slots__))
+
+
+@dataclass(slots=True)
+class Slot:
+    """The attempt a pod is busy with: at most one per pod."""
+
+    worker: str
+    group: str
+    id: str
+    attempt: int
+
+    def matches(self, worker: str, group: str, id: str, attempt: int) -> bool:
+        return (self.worker, self.group, self.id, self.attempt) == (worker, group, id, attempt)
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A worker session as the master sees it (volatile)."""
+
+    id: str
+    group: str
+    pod: str
+    sandbox: str
+    connected: bool
+    last_seen: float
+    last_used: float
+    joined_at: float
+    task: tuple[str, str, int] | None = None
+    task_since: float | None = None
+    zombie: bool = False
+    disconnected_at: float | None = None
+
+
+class PendingQueue:
+    """A group's pending tasks in acceptance order (a heap with lazy deletion)."""
+
+    __slots__ = ("heap", "size")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, str]] = []
+        self.size = 0
+
+    def push(self, seq: int, id: str) -> None:
+        heapq.heappush(self.heap, (seq, id))
+
+    def head(self, group: str, tasks: dict[Key, TaskRecord]) -> TaskRecord | None:
+        """The oldest pending task, dropping entries that are no longer pending."""
+        heap = self.heap
+        while heap:
+            seq, id = heap[0]
+            record = tasks.get((group, id))
+            if record is not None and record.seq == seq and record.status is TaskStatus.PENDING:
+                return record
+            heapq.heappop(heap)
+        return None
+
+
+@dataclass(slots=True)
+class Counts:
+    """Lifetime counters, by event type."""
+
+    accepted: int = 0
+    scheduled: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    requeued: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    purged: int = 0
+
+
+@dataclass
+class MasterState:
+    """Durable state (folded from events) plus live worker sessions."""
+
+    tasks: dict[Key, TaskRecord] = field(default_factory=dict)
+    queues: dict[str, PendingQueue] = field(default_factory=dict)
+    running: Counter[str] = field(default_factory=Counter)
+    occupancy: dict[str, Slot] = field(default_factory=dict)
+    finished: deque[tuple[float, str, str]] = field(default_factory=deque)
+    expiries: list[tuple[float, int, str, str]] = field(default_factory=list)
+    seq: int = 0
+    offset: int = 0
+    topic_next: int = 1
+    counts: Counts = field(default_factory=Counts)
+    counts_by_group: dict[str, Counter[str]] = field(default_factory=dict)
+    # volatile
+    workers: dict[str, WorkerInfo] = field(default_factory=dict)
+    idle: dict[str, set[str]] = field(default_factory=dict)
+    zombie_pods: Counter[str] = field(default_factory=Counter)
+    leader_since: float = 0.0
+    outbox: list[ev.Event] = field(default_factory=list)
+    sends: list[tuple[str, Any]] = field(default_factory=list)
+
+    # -- queries --------------------------------------------------------------
+
+    def pending_count(self, group: str) -> int:
+        queue = self.queues.get(group)
+        return queue.size if queue else 0
+
+    def pod_busy(self, pod: str) -> bool:
+        return pod in self.occupancy or self.zombie_pods[pod] > 0
+
+    def groups(self) -> set[str]:
+        names = {g for g, q in self.queues.items() if q.size}
+        names.update(g for g, n in self.running.items() if n)
+        names.update(w.group for w in self.workers.values())
+        return names
+
+    # -- events ---------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        """Apply a new event and queue it for the journal."""
+        self.apply(event)
+        self.outbox.append(event)
+
+    def send(self, worker: str, message: Any) -> None:
+        """Queue a message for a worker, to go out once this turn's events are durable."""
+        self.sends.append((worker, message))
+
+    def take_outbox(self) -> tuple[list[ev.Event], list[tuple[str, Any]]]:
+        events, sends = self.outbox, self.sends
+        self.outbox, self.sends = [], []
+        return events, sends
+
+    def apply(self, event: ev.Event) -> None:
+        """Fold one event into the state (replay and live use the same path)."""
+        handler = _HANDLERS[type(event)]
+        handler(self, event)
+        if ev.is_topic(event):
+            self.topic_next += 1
+
+    def _count(self, group: str, name: str) -> None:
+        setattr(self.counts, name, getattr(self.counts, name) + 1)
+        by_group = self.counts_by_group.get(group)
+        if by_group is None:
+            by_group = self.counts_by_group[group] = Counter()
+        by_group[name] += 1
+
+    def _enqueue(self, record: TaskRecord) -> None:
+        queue = self.queues.get(record.group)
+        if queue is None:
+            queue = self.queues[record.group] = PendingQueue()
+        queue.push(record.seq, record.id)
+        queue.size += 1
+        record.status = TaskStatus.PENDING
+
+    def _leave_pending(self, record: TaskRecord) -> None:
+        self.queues[record.group].size -= 1
+
+    def _leave_running(self, record: TaskRecord) -> None:
+        self.running[record.group] -= 1
+
+    def _finish(self, record: TaskRecord, status: TaskStatus, at: float) -> None:
+        record.status = status
+        record.finished_at = at
+        self.finished.append((at, record.group, record.id))
+
+    def _release(self, pod: str | None, group: str, id: str, attempt: int, at: float) -> None:
+        if pod is None:
+            return
+        slot = self.occupancy.get(pod)
+        if slot is None or (slot.group, slot.id, slot.attempt) != (group, id, attempt):
+            return
+        del self.occupancy[pod]
+        worker = self.workers.get(slot.worker)
+        if worker is not None and worker.task == (group, id, attempt):
+            self.set_worker_idle(worker, at)
+
+    def _fail_attempt(self, record: TaskRecord, error: str) -> None:
+        record.failures += 1
+        if record.errors is None:
+            record.errors = []
+        record.errors.append(error)
+
+    # -- volatile worker bookkeeping ----------------------------------------
+
+    def set_worker_idle(self, worker: WorkerInfo, at: float) -> None:
+        if worker.zombie and worker.task is not None:
+            self.zombie_pods[worker.pod] -= 1
+        worker.task = None
+        worker.task_since = None
+        worker.zombie = False
+        worker.last_used = at
+        if worker.connected:
+            self.idle.setdefault(worker.group, set()).add(worker.id)
+
+    def set_worker_task(
+        self, worker: WorkerInfo, task: tuple[str, str, int], at: float, zombie: bool = False
+    ) -> None:
+        if worker.zombie and worker.task is not None:
+            self.zombie_pods[worker.pod] -= 1
+        worker.task = task
+        worker.task_since = at
+        worker.zombie = zombie
+        if zombie:
+            self.zombie_pods[worker.pod] += 1
+        idle = self.idle.get(worker.group)
+        if idle is not None:
+            idle.discard(worker.id)
+
+    def add_worker(self, worker: WorkerInfo) -> None:
+        self.workers[worker.id] = worker
+        if worker.task is None and worker.connected:
+            self.idle.setdefault(worker.group, set()).add(worker.id)
+
+    def disconnect_worker(self, worker: WorkerInfo, at: float) -> None:
+        worker.connected = False
+        worker.disconnected_at = at
+        idle = self.idle.get(worker.group)
+        if idle is not None:
+            idle.discard(worker.id)
+
+    def remove_worker(self, worker_id: str) -> WorkerInfo | None:
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return None
+        idle = self.idle.get(worker.group)
+        if idle is not None:
+            idle.discard(worker.id)
+        if worker.zombie and worker.task is not None:
+            self.zombie_pods[worker.pod] -= 1
+        return worker
+
+    # -- snapshots -------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The durable state as bytes (volatile sessions are not included)."""
+        body = {
+            "v": 1,
+            "fields": list(_ROW_FIELDS),
+            "tasks": [r.to_row() for r in self.tasks.values()],
+            "occupancy": [
+                [p, s.worker, s.group, s.id, s.attempt] for p, s in self.occupancy.items()
+            ],
+            "finished": list(self.finished),
+            "seq": self.seq,
+            "offset": self.offset,
+            "topic_next": self.topic_next,
+            "counts": _counts_dict(self.counts),
+            "counts_by_group": {g: dict(c) for g, c in self.counts_by_group.items()},
+        }
+        return msgspec.msgpack.encode(body)
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> MasterState:
+        body = msgspec.msgpack.decode(data)
+        if body.get("v") != 1 or tuple(body["fields"]) != _ROW_FIELDS:
+            raise ValueError("unsupported snapshot format")
+        state = cls()
+        for row in body["tasks"]:
+            record = TaskRecord.from_row(row)
+            state.tasks[record.key] = record
+        for record in sorted(state.tasks.values(), key=lambda r: r.seq):
+            if record.status is TaskStatus.PENDING:
+                state._enqueue(record)
+                if record.pending_deadline is not None:
+                    heapq.heappush(
+                        state.expiries,
+                        (record.pending_deadline, record.seq, record.group, record.id),
+                    )
+            elif record.status is TaskStatus.RUNNING:
+                state.running[record.group] += 1
+        for pod, worker, group, id, attempt in body["occupancy"]:
+            state.occupancy[pod] = Slot(worker, group, id, attempt)
+        state.finished = deque((at, g, i) for at, g, i in body["finished"])
+        state.seq = body["seq"]
+        state.offset = body["offset"]
+        state.topic_next = body["topic_next"]
+        state.counts = Counts(**body["counts"])
+        state.counts_by_group = {g: Counter(c) for g, c in body["counts_by_group"].items()}
+        return state
+
+
+def _counts_dict(counts: Counts) -> dict[str, int]:
+    return {name: getattr(counts, name) for name in Counts.__dataclass_fields__}
+
+
+# -- event handlers ---------------------------------------------------------------
+
+
+def _accepted(state: MasterState, e: ev.Accepted) -> None:
+    state.seq += 1
+    deadline = e.at + e.pending_timeout_s if e.pending_timeout_s else None
+    record = TaskRecord(
+        e.group, e.id, bytes(e.payload), e.max_attempts, e.timeout_s, deadline, state.seq, e.at
+    )
+    state.tasks[record.key] = record
+    state._enqueue(record)
+    if deadline is not None:
+        heapq.heappush(state.expiries, (deadline, record.seq, record.group, record.id))
+    state._count(e.group, "accepted")
+
+
+def _scheduled(state: MasterState, e: ev.Scheduled) -> None:
+    record = state.tasks[(e.group, e.id)]
+    state._leave_pending(record)
+    record.status = TaskStatus.RUNNING
+    record.attempt = e.attempt
+    record.worker = e.worker
+    record.pod = e.pod
+    record.started_at = e.at
+    state.running[e.group] += 1
+    state.occupancy[e.pod] = Slot(e.worker, e.group, e.id, e.attempt)
+    worker = state.workers.get(e.worker)
+    if worker is not None:
+        state.set_worker_task(worker, (e.group, e.id, e.attempt), e.at)
+    state._count(e.group, "scheduled")
+
+
+def _retrying(state: MasterState, e: ev.Retrying) -> None:
+    record = state.tasks[(e.group, e.id)]
+    pod = record.pod
+    state._leave_running(record)
+    state._fail_attempt(record, e.error)
+    state._enqueue(record)
+    if e.release:
+        state._release(pod, e.group, e.id, e.attempt, e.at)
+    state._count(e.group, "retried")
+
+
+def _completed(state: MasterState, e: ev.Completed) -> None:
+    record = state.tasks[(e.group, e.id)]
+    state._leave_running(record)
+    record.result = bytes(e.result)
+    state._finish(record, TaskStatus.COMPLETED, e.at)
+    state._release(record.pod, e.group, e.id, e.attempt, e.at)
+    state._count(e.group, "completed")
+
+
+def _failed(state: MasterState, e: ev.Failed) -> None:
+    record = state.tasks[(e.group, e.id)]
+    if record.status is TaskStatus.RUNNING:
+        state._leave_running(record)
+    else:
+        state._leave_pending(record)
+    state._fail_attempt(record, e.error)
+    state._finish(record, TaskStatus.FAILED, e.at)
+    if e.release:
+        state._release(record.pod, e.group, e.id, e.attempt, e.at)
+    state._count(e.group, "failed")
+
+
+def _cancelled(state: MasterState, e: ev.Cancelled) -> None:
+    record = state.tasks[(e.group, e.id)]
+    if record.status is TaskStatus.RUNNING:
+        state._leave_running(record)
+    else:
+        state._leave_pending(record)
+    state._finish(record, TaskStatus.CANCELLED, e.at)
+    state._count(e.group, "cancelled")
+
+
+def _expired(state: MasterState, e: ev.Expired) -> None:
+    record = state.tasks[(e.group, e.id)]
+    state._leave_pending(record)
+    state._finish(record, TaskStatus.EXPIRED, e.at)
+    state._count(e.group, "expired")
+
+
+def _requeued(state: MasterState, e: ev.Requeued) -> None:
+    record = state.tasks[(e.group, e.id)]
+    pod = record.pod
+    state._leave_running(record)
+    state._enqueue(record)
+    state._release(pod, e.group, e.id, e.attempt, e.at)
+    state._count(e.group, "requeued")
+
+
+def _released(state: MasterState, e: ev.Released) -> None:
+    state._release(e.pod, e.group, e.id, e.attempt, e.at)
+
+
+def _purged(state: MasterState, e: ev.Purged) -> None:
+    for group, id in e.keys:
+        record = state.tasks.get((group, id))
+        if record is not None and record.status.terminal:
+            del state.tasks[(group, id)]
+            state._count(group, "purged")
+    purged = set(e.keys)
+    while state.finished and (state.finished[0][1], state.finished[0][2]) in purged:
+        state.finished.popleft()
+
+
+_HANDLERS: dict[type, Any] = {
+    ev.Accepted: _accepted,
+    ev.Scheduled: _scheduled,
+    ev.Retrying: _retrying,
+    ev.Completed: _completed,
+    ev.Failed: _failed,
+    ev.Cancelled: _cancelled,
+    ev.Expired: _expired,
+    ev.Requeued: _requeued,
+    ev.Released: _released,
+    ev.Purged: _purged,
+}

@@ -1,0 +1,530 @@
+"""The engine: one asyncio task owns the master state.
+
+Commands arrive in an inbox. Each loop turn drains the inbox, lets the core
+decide (events are applied as they are emitted), runs timers and dispatch, then
+appends the turn's events to the journal in ONE fenced transaction (group
+commit). Only after the commit do replies, worker messages and topic events go
+out, so nothing is acknowledged that is not durable. If an append fails, the
+state may be ahead of the journal: the engine steps down and rebuilds from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from mawex.core import decide, dispatch, timers, views
+from mawex.core import events as ev
+from mawex.core.state import MasterState, WorkerInfo
+from mawex.errors import FencedOut, JournalError, MawexError, NotFound, NotLeader
+from mawex.journal.base import Journal, Lease, Record, Snapshot
+from mawex.master.topic import Topic
+from mawex.model import TaskStatus
+from mawex.wire import worker as wire
+
+log = logging.getLogger("mawex.master")
+
+T = TypeVar("T")
+Role = Literal["starting", "standby", "leader", "stopped"]
+READ_CHUNK = 5000
+
+
+class Session(Protocol):
+    """A worker connection as the engine sees it."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; never blocks."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection soon."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """How a master behaves; durations in seconds."""
+
+    master_id: str = "default"
+    advertise: str | None = None
+    lease_ttl: float = 5.0
+    limits: decide.Limits = field(default_factory=decide.Limits)
+    snapshot_every: int = 50_000
+    retain_topic_events: int = 1_000_000
+    tick_s: float = 0.1
+    max_turn_commands: int = 2000
+
+
+class _Command:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[MasterState, float], Any], future: asyncio.Future[Any] | None):
+        self.fn = fn
+        self.future = future
+
+
+class Engine:
+    """A master: leader or standby, serving commands against one journal."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        settings: EngineSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.journal = journal
+        self.settings = settings or EngineSettings()
+        self.clock = clock
+        self.holder = f"{self.settings.master_id}-{uuid.uuid4().hex[:12]}"
+        self.state = MasterState()
+        self.topic = Topic(journal)
+        self.role: Role = "starting"
+        self.lease: Lease | None = None
+        self.leader_seen: Lease | None = None
+        self.sessions: dict[str, Session] = {}
+        self.started_at = clock()
+        self.stats: dict[str, float] = {
+            "appends": 0,
+            "appended_events": 0,
+            "append_seconds": 0.0,
+            "failovers": 0,
+            "lease_renewals": 0,
+            "snapshots": 0,
+        }
+        self.observers: list[Callable[[list[ev.Event], float], None]] = []
+        self._inbox = _Inbox()
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop_task: asyncio.Task[None] | None = None
+        self._snapshot_offset = 0
+        self._stopping = False
+        self._leader_event = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == "leader"
+
+    @property
+    def epoch(self) -> int:
+        if self.lease is not None:
+            return self.lease.epoch
+        return self.leader_seen.epoch if self.leader_seen else 0
+
+    @property
+    def leader_url(self) -> str | None:
+        if self.is_leader:
+            return self.settings.advertise
+        lease = self.leader_seen
+        if lease is None or lease.expires_at < self.clock():
+            return None
+        return lease.url
+
+    async def start(self) -> None:
+        """Open the journal, rebuild the state and start the leadership loop."""
+        await self.journal.open()
+        await self._rebuild()
+        self.role = "standby"
+        from mawex.master.leadership import run_leadership
+
+        self._tasks.append(asyncio.create_task(run_leadership(self), name="mawex-leadership"))
+
+    async def wait_leader(self, timeout: float | None = None) -> None:
+        """Wait until this master is the leader."""
+        await asyncio.wait_for(self._leader_event.wait(), timeout)
+
+    async def stop(self) -> None:
+        """Stop serving; a leader hands its lease over at once."""
+        self._stopping = True
+        if self.is_leader:
+            await self._stop_loop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.lease is not None:
+            with contextlib.suppress(MawexError):
+                await self.journal.release(self.lease)
+            log.info("lease released", extra={"action": "lease_released", "epoch": self.epoch})
+        self._drop_sessions("master stopping")
+        self.role = "stopped"
+        self.lease = None
+        await self.journal.close()
+
+    async def _rebuild(self) -> None:
+        snapshot = await self.journal.load_snapshot()
+        state = MasterState.from_snapshot(snapshot.body) if snapshot else MasterState()
+        self._snapshot_offset = snapshot.offset if snapshot else 0
+        if snapshot is not None:
+            state.offset = snapshot.offset
+        self.state = state
+        await self.catch_up()
+        self.topic.reset(self.state.topic_next)
+
+    async def catch_up(self) -> int:
+        """Apply journal records written by others since our offset (standby tailing)."""
+        applied = 0
+        while True:
+            records = await self.journal.read(self.state.offset + 1, READ_CHUNK)
+            if not records:
+                return applied
+            for record in records:
+                self.state.apply(ev.decode(record.body))
+                self.state.offset = record.offset
+            applied += len(records)
+            if self.role != "leader":
+                self.topic.publish(records)
+
+    async def become_leader(self, lease: Lease) -> None:
+        """Called by the leadership loop with a freshly acquired lease."""
+        self.lease = lease
+        self.leader_seen = lease
+        await self.catch_up()
+        self.state.leader_since = self.clock()
+        self.topic.reset(self.state.topic_next)
+        self.role = "leader"
+        self.stats["failovers"] += 1
+        self._leader_event.set()
+        self._loop_task = asyncio.create_task(self._run(), name="mawex-engine")
+        log.info(
+            "became leader",
+            extra={"action": "leader_elected", "epoch": lease.epoch, "offset": self.state.offset},
+        )
+
+    async def step_down(self, reason: str) -> None:
+        """Stop leading: drop sessions, fail waiting callers, rebuild from the journal."""
+        if self.role != "leader":
+            return
+        log.warning("stepping down: %s", reason, extra={"action": "step_down", "epoch": self.epoch})
+        self.role = "standby"
+        self._leader_event.clear()
+        self.lease = None
+        await self._stop_loop()
+        self._drop_sessions("leader stepped down")
+        with contextlib.suppress(MawexError):
+            await self._rebuild()
+
+    async def _stop_loop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for command in self._inbox.drain(1 << 30):
+            if command.future is not None and not command.future.done():
+                command.future.set_exception(NotLeader(self.leader_url))
+
+    def _drop_sessions(self, reason: str) -> None:
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            session.close(1012, reason)
+        for waiters in self._waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+        self._waiters.clear()
+
+    # -- commands -------------------------------------------------------------------
+
+    def _require_leader(self) -> None:
+        if not self.is_leader:
+            raise NotLeader(self.leader_url)
+
+    async def call(self, fn: Callable[[MasterState, float], T]) -> T:
+        """Run ``fn(state, now)`` in the engine loop; returns once its events are durable."""
+        self._require_leader()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._inbox.put(_Command(fn, future))
+        return await future
+
+    def post(self, fn: Callable[[MasterState, float], Any]) -> None:
+        """Like :meth:`call` without waiting for the reply."""
+        if self.is_leader:
+            self._inbox.put(_Command(fn, None))
+
+    async def submit(self, task: decide.NewTask) -> bool:
+        """Accept a task; returns whether it was a duplicate."""
+        limits = self.settings.limits
+        return await self.call(lambda s, now: decide.submit(s, task, now, limits))
+
+    async def submit_batch(self, tasks: list[decide.NewTask]) -> tuple[int, int]:
+        limits = self.settings.limits
+        return await self.call(lambda s, now: decide.submit_batch(s, tasks, now, limits))
+
+    async def cancel(self, group: str, id: str) -> dict[str, Any]:
+        return await self.call(lambda s, now: views.task_view(decide.cancel(s, group, id, now)))
+
+    def get(self, group: str, id: str) -> dict[str, Any]:
+        record = self.state.tasks.get((group, id))
+        if record is None:
+            raise NotFound(f"no task {group}/{id}")
+        return views.task_view(record)
+
+    async def wait_terminal(self, group: str, id: str, timeout: float) -> dict[str, Any]:
+        """The task's view once it is terminal, or as it is after ``timeout`` seconds."""
+        record = self.state.tasks.get((group, id))
+        if record is None:
+            raise NotFound(f"no task {group}/{id}")
+        if not record.status.terminal and timeout > 0:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters = self._waiters.setdefault((group, id), [])
+            waiters.append(future)
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                pass
+            finally:
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    self._waiters.pop((group, id), None)
+        return self.get(group, id)
+
+    def state_view(self) -> dict[str, Any]:
+        now = self.clock()
+        body = views.state_view(self.state, now)
+        lease = self.lease or self.leader_seen
+        body.update(
+            {
+                "leader": self.is_leader,
+                "epoch": self.epoch,
+                "master_id": self.settings.master_id,
+                "role": self.role,
+                "url": self.settings.advertise,
+                "leader_url": self.leader_url,
+                "lease_expires_in_s": round(lease.expires_at - now, 3) if lease else None,
+                "offset": self.state.offset,
+                "topic_next": self.state.topic_next,
+            }
+        )
+        return body
+
+    # -- worker sessions --------------------------------------------------------------
+
+    async def worker_hello(self, hello: wire.Hello, session: Session) -> WorkerInfo:
+        """Register a worker session; the welcome (and any work) follows on the session."""
+
+        def run(state: MasterState, now: float) -> WorkerInfo:
+            old = self.sessions.get(hello.worker)
+            if old is not None and old is not session:
+                old.close(1000, "replaced by a newer session")
+            self.sessions[hello.worker] = session
+            state.send(
+                hello.worker,
+                wire.Welcome(
+                    epoch=self.epoch,
+                    heartbeat_s=self.settings.limits.heartbeat_s,
+                    master_id=self.settings.master_id,
+                ),
+            )
+            info = decide.hello(state, hello, now)
+            log.info(
+                "worker checked in",
+                extra={
+                    "action": "worker_checked_in",
+                    "worker": hello.worker,
+                    "group": hello.group,
+                    "pod": hello.pod,
+                },
+            )
+            return info
+
+        return await self.call(run)
+
+    def worker_message(self, worker_id: str, session: Session, message: wire.WorkerMessage) -> None:
+        """Handle a frame from a checked-in worker."""
+        if isinstance(message, wire.Heartbeat):
+            worker = self.state.workers.get(worker_id)
+            if worker is not None and self.sessions.get(worker_id) is session:
+                worker.last_seen = self.clock()
+            return
+
+        def run(state: MasterState, now: float) -> None:
+            if self.sessions.get(worker_id) is not session:
+                return
+            worker = state.workers.get(worker_id)
+            if worker is None:
+                return
+            worker.last_seen = now
+            if isinstance(message, wire.Finished):
+                decide.finished(state, worker, message, now)
+            elif isinstance(message, wire.Free):
+                decide.free(state, worker, message, now)
+            elif isinstance(message, wire.Bye):
+                decide.bye(state, worker, message, now)
+                self.sessions.pop(worker_id, None)
+                log.info(
+                    "worker checked out",
+                    extra={"action": "worker_checked_out", "worker": worker_id},
+                )
+
+        self.post(run)
+
+    def worker_disconnected(self, worker_id: str, session: Session) -> None:
+        """The connection closed; the worker has ``worker_grace_s`` to come back."""
+
+        def run(state: MasterState, now: float) -> None:
+            if self.sessions.get(worker_id) is not session:
+                return
+            del self.sessions[worker_id]
+            worker = state.workers.get(worker_id)
+            if worker is not None:
+                state.disconnect_worker(worker, now)
+                log.info(
+                    "worker disconnected",
+                    extra={"action": "worker_disconnected", "worker": worker_id},
+                )
+
+        self.post(run)
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        inbox = self._inbox
+        next_tick = 0.0
+        tick_s = self.settings.tick_s
+        max_commands = self.settings.max_turn_commands
+        try:
+            while True:
+                await inbox.wait(max(0.0, next_tick - self.clock()))
+                commands = inbox.drain(max_commands)
+                now = self.clock()
+                await self._turn(commands, now, run_timers=now >= next_tick)
+                if now >= next_tick:
+                    next_tick = now + tick_s
+        except (FencedOut, JournalError) as exc:
+            asyncio.get_running_loop().create_task(self.step_down(str(exc)))
+
+    async def _turn(self, commands: list[_Command], now: float, run_timers: bool) -> None:
+        state = self.state
+        replies = self._decide(commands, now)
+        if run_timers:
+            timers.tick(state, now, self.settings.limits)
+        dispatch.dispatch(state, now)
+        events, sends = state.take_outbox()
+        if events:
+            try:
+                await self._commit(events, now)
+            except (FencedOut, JournalError) as exc:
+                error: MawexError = NotLeader(None) if isinstance(exc, FencedOut) else exc
+                for future, _, _ in replies:
+                    if not future.done():
+                        future.set_exception(error)
+                raise
+        for future, reply, failure in replies:
+            if future.done():
+                continue
+            if failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(reply)
+        for worker_id, message in sends:
+            session = self.sessions.get(worker_id)
+            if session is not None:
+                session.send(wire.encode(message))
+        if state.offset - self._snapshot_offset >= self.settings.snapshot_every:
+            await self.save_snapshot()
+
+    def _decide(
+        self, commands: list[_Command], now: float
+    ) -> list[tuple[asyncio.Future[Any], Any, MawexError | None]]:
+        replies: list[tuple[asyncio.Future[Any], Any, MawexError | None]] = []
+        for command in commands:
+            try:
+                reply = command.fn(self.state, now)
+            except MawexError as exc:
+                if command.future is not None:
+                    replies.append((command.future, None, exc))
+                continue
+            if command.future is not None:
+                replies.append((command.future, reply, None))
+        return replies
+
+    async def _commit(self, events: list[ev.Event], now: float) -> None:
+        records = self._records(events)
+        started = time.perf_counter()
+        await self.journal.append(records, self.lease.epoch if self.lease else 0)
+        self.stats["appends"] += 1
+        self.stats["appended_events"] += len(records)
+        self.stats["append_seconds"] += time.perf_counter() - started
+        self.state.offset = records[-1].offset
+        self.topic.publish(records)
+        self._wake_waiters(events)
+        for observer in self.observers:
+            observer(events, now)
+
+    def _records(self, events: list[ev.Event]) -> list[Record]:
+        state = self.state
+        offset = state.offset
+        topic = state.topic_next - sum(1 for e in events if ev.is_topic(e))
+        records = []
+        for event in events:
+            offset += 1
+            if ev.is_topic(event):
+                records.append(Record(offset, topic, event.at, ev.encode(event)))
+                topic += 1
+            else:
+                records.append(Record(offset, None, event.at, ev.encode(event)))
+        return records
+
+    def _wake_waiters(self, events: list[ev.Event]) -> None:
+        if not self._waiters:
+            return
+        for event in events:
+            if isinstance(event, ev.Completed | ev.Failed | ev.Cancelled | ev.Expired):
+                for future in self._waiters.pop((event.group, event.id), ()):
+                    if not future.done():
+                        future.set_result(None)
+
+    async def save_snapshot(self) -> None:
+        """Store the state and trim the journal up to it (keeping the retained topic)."""
+        if self.lease is None:
+            return
+        state = self.state
+        snapshot = Snapshot(state.offset, state.snapshot())
+        await self.journal.save_snapshot(snapshot, self.lease.epoch)
+        self._snapshot_offset = snapshot.offset
+        keep_topic = max(1, state.topic_next - self.settings.retain_topic_events)
+        await self.journal.trim(snapshot.offset, keep_topic, self.lease.epoch)
+        self.stats["snapshots"] += 1
+        log.info(
+            "snapshot saved",
+            extra={"action": "snapshot", "offset": snapshot.offset, "tasks": len(state.tasks)},
+        )
+
+    def task_status(self, group: str, id: str) -> TaskStatus | None:
+        record = self.state.tasks.get((group, id))
+        return record.status if record else None
+
+
+class _Inbox:
+    """A FIFO of commands the loop drains a turn at a time."""
+
+    def __init__(self) -> None:
+        self._items: deque[_Command] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, command: _Command) -> None:
+        self._items.append(command)
+        self._ready.set()
+
+    async def wait(self, timeout: float) -> None:
+        if not self._items:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+
+    def drain(self, limit: int) -> list[_Command]:
+        items = self._items
+        taken = [items.popleft() for _ in range(min(limit, len(items)))]
+        if not items:
+            self._ready.clear()
+        return taken

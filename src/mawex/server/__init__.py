@@ -1,0 +1,1 @@
+"""Transport only: parse with :mod:`mawex.wire`, call the engine, render."""

@@ -1,0 +1,1 @@
+"""Message schemas of every channel; strict (unknown fields are rejected), no sockets."""

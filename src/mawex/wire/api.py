@@ -1,0 +1,124 @@
+"""HTTP bodies: strict schemas for submissions, with the checks that need no state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+import msgspec
+
+from mawex.core.decide import NewTask
+from mawex.errors import Rejected, TooLarge
+from mawex.model import MAX_ATTEMPTS_LIMIT, check_id, check_name
+
+_T = TypeVar("_T")
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
+
+
+class TaskIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One task as submitted: ``POST /v1/tasks`` and each item of a batch."""
+
+    id: str
+    group: str
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS_LIMIT)] = 1
+    timeout_s: Seconds | None = None
+    pending_timeout_s: Seconds | None = None
+
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/tasks/batch``."""
+
+    tasks: list[TaskIn]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiLimits:
+    """Size limits of the HTTP API, in bytes and items."""
+
+    max_payload_bytes: int = 1 << 20
+    max_batch_tasks: int = 10_000
+    max_batch_bytes: int = 64 << 20
+
+    @property
+    def max_task_body(self) -> int:
+        return self.max_payload_bytes + 4096
+
+
+_task_decoder = msgspec.json.Decoder(TaskIn)
+_batch_decoder = msgspec.json.Decoder(BatchIn)
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Rejected(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise Rejected(f"malformed JSON: {exc}") from None
+
+
+def _to_new_task(item: TaskIn, limits: ApiLimits, where: str = "") -> NewTask:
+    try:
+        check_id(item.id)
+        check_name(item.group, "group")
+    except Rejected as exc:
+        raise Rejected(f"{where}{exc}") from None
+    if len(item.payload) > limits.max_payload_bytes:
+        raise TooLarge(
+            f"{where}payload of {item.group}/{item.id} is {len(item.payload)} bytes; "
+            f"the limit is {limits.max_payload_bytes}"
+        )
+    return NewTask(
+        group=item.group,
+        id=item.id,
+        payload=item.payload,
+        max_attempts=item.max_attempts,
+        timeout_s=item.timeout_s,
+        pending_timeout_s=item.pending_timeout_s,
+    )
+
+
+def parse_task(body: bytes, limits: ApiLimits) -> NewTask:
+    """Validate a ``POST /v1/tasks`` body."""
+    if len(body) > limits.max_task_body:
+        raise TooLarge(f"request body of {len(body)} bytes is over the limit")
+    return _to_new_task(_decode(_task_decoder, body), limits)
+
+
+def parse_batch(body: bytes, limits: ApiLimits) -> list[NewTask]:
+    """Validate a ``POST /v1/tasks/batch`` body, all or nothing."""
+    if len(body) > limits.max_batch_bytes:
+        raise TooLarge(f"batch body of {len(body)} bytes is over {limits.max_batch_bytes}")
+    batch = _decode(_batch_decoder, body)
+    if len(batch.tasks) > limits.max_batch_tasks:
+        raise TooLarge(
+            f"batch of {len(batch.tasks)} tasks is over the limit of {limits.max_batch_tasks}"
+        )
+    return [_to_new_task(t, limits, f"tasks[{i}]: ") for i, t in enumerate(batch.tasks)]
+
+
+def parse_int(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    """A query parameter as an int within [low, high]."""
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise Rejected(f"query parameter {name!r} must be an integer, not {value!r}") from None
+    if not low <= number <= high:
+        raise Rejected(f"query parameter {name!r} must be between {low} and {high}")
+    return number
+
+
+def parse_seconds(value: str | None, name: str, high: float) -> float:
+    """A query parameter as seconds within [0, high]."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        number = float(value)
+    except ValueError:
+        raise Rejected(f"query parameter {name!r} must be a number, not {value!r}") from None
+    if not 0 <= number <= high:
+        raise Rejected(f"query parameter {name!r} must be between 0 and {high:g}")
+    return number
