@@ -169,3 +169,9 @@ def topic_body(event: Event, offset: int) -> bytes:
     """The JSON object of a topic event as the HTTP API shows it, with its ``offset``."""
     body = _encoder.encode(event)
     return b'{"offset":' + str(offset).encode() + b"," + body[1:]
+
+
+def type_of(event: Event) -> str:
+    """The event's ``type`` tag (``"completed"``, ...)."""
+    tag: str = type(event).__struct_config__.tag  # type: ignore[assignment]
+    return tag
