@@ -1,0 +1,205 @@
+"""The asyncio client: drives the flows of :mod:`mawex.client._base` over ``httpx.AsyncClient``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from mawex.client._base import (
+    BATCH_SIZE,
+    FAILOVER_TIMEOUT,
+    BatchReceipt,
+    Call,
+    ClientCore,
+    Emit,
+    Flow,
+    Outcome,
+    Send,
+    Sleep,
+    SubmitReceipt,
+    http_options,
+)
+from mawex.model import ResultEvent, TaskResult
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """An asyncio client of a mawex cluster; the async twin of :class:`mawex.Client`.
+
+    ``masters`` is a URL, a comma-separated string of URLs or a list of them: any
+    masters of one cluster, leader or standby. Writes go to the leader (found by
+    following ``not_leader`` hints and trying the others); when none answers, calls
+    back off and retry for up to ``failover_timeout`` seconds, then raise
+    :class:`mawex.Unavailable`. ``timeout`` bounds each HTTP request, ``token`` is
+    sent as ``Authorization: Bearer``, ``ca`` is a CA bundle for private TLS and
+    ``transport`` an httpx transport (tests).
+
+    Example::
+
+        async with mawex.AsyncClient(["http://m1:8000", "http://m2:8000"]) as client:
+            receipt = await client.submit("thumbnails", {"url": "https://…/cat.png"})
+            print(await client.result("thumbnails", receipt.id, timeout=60))
+            async for event in client.results(from_offset=0, follow=False):
+                print(event.offset, event.type, event.id)
+    """
+
+    def __init__(
+        self,
+        masters: str | Sequence[str],
+        *,
+        token: str | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        timeout: float | None = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        failover_timeout: float = FAILOVER_TIMEOUT,
+    ) -> None:
+        self._core = ClientCore(masters, timeout=timeout, failover_timeout=failover_timeout)
+        self._http = httpx.AsyncClient(
+            transport=transport, **http_options(token=token, ca=ca, timeout=timeout)
+        )
+
+    @property
+    def masters(self) -> list[str]:
+        """The known master URLs, the one that last answered first."""
+        return list(self._core.failover.urls)
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({','.join(self.masters)!r})"
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    # -- operations --
+
+    async def submit(
+        self,
+        group: str,
+        payload: Any = None,
+        *,
+        id: str | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+    ) -> SubmitReceipt:
+        """Submit one task (``id`` defaults to a fresh uuid4 hex); idempotent by ``(group, id)``.
+
+        ``receipt.duplicate`` is true when the master already had this task (also when
+        an earlier try of this same call got through before a failover). Raises
+        :class:`mawex.Rejected` (or a subclass) for bad input.
+        """
+        return await self._run(
+            self._core.submit(group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s)
+        )
+
+    async def submit_many(
+        self,
+        tasks: Iterable[Mapping[str, Any]],
+        *,
+        group: str | None = None,
+        chunk_size: int = BATCH_SIZE,
+    ) -> BatchReceipt:
+        """Submit tasks (``{"id", "payload", ["group"], ["max_attempts"], ["timeout_s"]}``).
+
+        ``group`` is the default group and a missing id becomes a uuid4. The tasks are
+        sent in chunks of ``chunk_size`` (smaller if the master caps batches); a chunk is
+        accepted whole or not at all, and when one is rejected the earlier ones stay
+        accepted: submitting the same tasks again is safe, they come back as duplicates.
+        """
+        return await self._run(self._core.submit_many(tasks, group=group, chunk_size=chunk_size))
+
+    async def get(self, group: str, id: str) -> TaskResult:
+        """The task's current status; raises :class:`mawex.NotFound` for an unknown task."""
+        return await self._run(self._core.get(group, id))
+
+    async def result(self, group: str, id: str, *, timeout: float | None = None) -> Any:
+        """Wait (by long polling) until the task ends and return its result.
+
+        Raises :class:`mawex.TaskFailed`, :class:`mawex.TaskCancelled` or
+        :class:`mawex.TaskExpired` if it ended otherwise, and
+        :class:`mawex.ResultTimeout` if it has not ended after ``timeout`` seconds.
+        """
+        return await self._run(self._core.result(group, id, timeout=timeout))
+
+    async def cancel(self, group: str, id: str) -> TaskResult:
+        """Cancel a pending or running task; returns the task as it is afterwards."""
+        return await self._run(self._core.cancel(group, id))
+
+    async def state(self) -> dict[str, Any]:
+        """The cluster state (``GET /v1/state``), from the leader when one answers."""
+        return await self._run(self._core.state())
+
+    async def results(
+        self, from_offset: int = 0, *, follow: bool = True, limit: int = 1000
+    ) -> AsyncIterator[ResultEvent]:
+        """Iterate over the result topic from ``from_offset``.
+
+        With ``follow`` (the default) wait for new events forever, across failovers;
+        otherwise stop at the end of the topic. ``limit`` is the page size.
+        """
+        flow: Flow[None] = self._core.results(from_offset, follow=follow, limit=limit)
+        try:
+            outcome: Outcome = None
+            while True:
+                try:
+                    action = flow.send(outcome)
+                except StopIteration:
+                    return
+                if isinstance(action, Emit):
+                    for event in action.events:
+                        yield event
+                    outcome = None
+                else:
+                    outcome = await self._perform(action)
+        finally:
+            flow.close()
+
+    # -- the IO loop --
+
+    async def _run(self, flow: Call[T]) -> T:
+        outcome: Outcome = None
+        try:
+            while True:
+                outcome = await self._perform(flow.send(outcome))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        finally:
+            flow.close()
+
+    async def _perform(self, action: Send | Sleep) -> Outcome:
+        if isinstance(action, Sleep):
+            await self._sleep(action.seconds)
+            return None
+        try:
+            return await self._http.request(
+                action.method,
+                action.url,
+                params=action.params,
+                content=action.content,
+                headers={"content-type": "application/json"} if action.content else None,
+                timeout=action.timeout or httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.RequestError as exc:
+            return exc
+
+    _sleep = staticmethod(asyncio.sleep)
+
+
+__all__ = ["AsyncClient"]
