@@ -1,0 +1,224 @@
+"""The PostgreSQL journal (asyncpg): the production store for masters on several machines.
+
+Each namespace has one row in ``mawex_lease``. Every write transaction first
+locks that row (``SELECT epoch ... FOR UPDATE``) and compares the epoch with the
+caller's, so the fence check and the write commit together; ``acquire`` updates
+the same row, so it waits for an in-flight append and a new leader sees every
+record its predecessor committed. A batch of records is one ``INSERT ... SELECT
+FROM unnest(...)`` statement: one round trip whatever the batch size.
+
+Lease expiry is on the database server's clock (``clock_timestamp()``), so
+masters on machines with skewed clocks agree on it; ``Lease.expires_at`` is in
+the server's time. The schema is created if missing (under an advisory lock, so
+masters may start together). Durability is PostgreSQL's: keep ``fsync`` and
+``synchronous_commit`` on (the defaults) for mawex's guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import asyncpg
+
+from mawex.errors import FencedOut, JournalError, MawexError
+from mawex.journal import JournalURL, check_batch, check_namespace, load_queries, redact
+from mawex.journal.base import Lease, Record, Snapshot
+
+_Q: Final = load_queries("postgresql.sql")
+_DRIVER_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+#: Connections kept by each journal: the master's writes are sequential, readers few.
+POOL_MIN: Final = 1
+POOL_MAX: Final = 4
+#: Seconds to wait for the server on connect.
+CONNECT_TIMEOUT: Final = 10.0
+
+
+def _record(row: Any) -> Record:
+    return Record(row[0], row[1], row[2], row[3])
+
+
+def _fence(epoch: int, current: int) -> None:
+    if epoch != current:
+        raise FencedOut(f"epoch {epoch} is fenced out: the journal's epoch is {current}")
+
+
+class PostgreSQLJournal:
+    """A journal in a PostgreSQL database (see the module docstring)."""
+
+    def __init__(self, dsn: str, *, namespace: str = "default") -> None:
+        self.dsn = dsn
+        self.namespace = check_namespace(namespace)
+        self._pool: Any = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: JournalURL, *, namespace: str = "default") -> PostgreSQLJournal:
+        """The journal for a parsed ``postgresql://`` URL."""
+        return cls(url.url, namespace=namespace)
+
+    def __repr__(self) -> str:
+        return f"PostgreSQLJournal({redact(self.dsn)!r}, namespace={self.namespace!r})"
+
+    def _error(self, e: BaseException) -> JournalError:
+        return JournalError(f"PostgreSQL journal {redact(self.dsn)}: {type(e).__name__}: {e}")
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; driver errors become JournalError."""
+        pool = self._pool
+        if pool is None:
+            raise JournalError(f"{self!r} is {'closed' if self._closed else 'not open'}")
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except MawexError:
+            raise
+        except asyncpg.UniqueViolationError as e:
+            raise JournalError(f"{self!r}: an offset was written concurrently: {e}") from e
+        except _DRIVER_ERRORS as e:
+            raise self._error(e) from e
+
+    @asynccontextmanager
+    async def _write(self, epoch: int) -> AsyncIterator[Any]:
+        """A transaction holding the namespace's lease row, after checking ``epoch``."""
+        async with self._connection() as conn, conn.transaction():
+            current = await conn.fetchval(_Q["lock_epoch"], self.namespace)
+            if current is None:
+                raise JournalError(f"{self!r}: the lease row is missing; reopen the journal")
+            _fence(epoch, current)
+            yield conn
+
+    async def _state(self, conn: Any) -> tuple[int, int | None]:
+        row = await conn.fetchrow(_Q["write_state"], self.namespace)
+        return int(row[0]), row[1]
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=POOL_MIN,
+                max_size=POOL_MAX,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"application_name": f"mawex:{self.namespace}"},
+            )
+        except MawexError:
+            raise
+        except (*_DRIVER_ERRORS, ValueError) as e:
+            raise self._error(e) from e
+        self._pool = pool
+        self._closed = False
+        try:
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute(_Q["schema_lock"])
+                await conn.execute(_Q["schema"])
+                await conn.execute(_Q["ensure_lease_row"], self.namespace)
+        except BaseException:
+            await self.close()
+            self._closed = False
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        self._closed = True
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
+            except (TimeoutError, *_DRIVER_ERRORS):
+                pool.terminate()
+
+    # -- records --------------------------------------------------------------
+
+    async def append(self, records: Sequence[Record], epoch: int) -> None:
+        check_batch(records)
+        first = records[0].offset if records else 0
+        async with self._write(epoch) as conn:
+            if not records:
+                return
+            last, _ = await self._state(conn)
+            if first != last + 1:
+                raise JournalError(f"offset {first} is not the next offset {last + 1}")
+            await conn.execute(
+                _Q["insert_records"],
+                self.namespace,
+                [r.offset for r in records],
+                [r.topic for r in records],
+                [r.at for r in records],
+                [r.body for r in records],
+            )
+
+    async def read(self, from_offset: int, limit: int) -> list[Record]:
+        async with self._connection() as conn:
+            if limit <= 0:
+                return []
+            rows = await conn.fetch(_Q["read"], self.namespace, from_offset, limit)
+        return [_record(row) for row in rows]
+
+    async def read_topic(self, from_topic: int, limit: int) -> list[Record]:
+        async with self._connection() as conn:
+            if limit <= 0:
+                return []
+            rows = await conn.fetch(_Q["read_topic"], self.namespace, from_topic, limit)
+        return [_record(row) for row in rows]
+
+    async def last_offset(self) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval(_Q["last_offset"], self.namespace))
+
+    async def save_snapshot(self, snapshot: Snapshot, epoch: int) -> None:
+        async with self._write(epoch) as conn:
+            last, _ = await self._state(conn)
+            if snapshot.offset > last:
+                raise JournalError(
+                    f"snapshot offset {snapshot.offset} is beyond the last offset {last}"
+                )
+            await conn.execute(_Q["save_snapshot"], self.namespace, snapshot.offset, snapshot.body)
+
+    async def load_snapshot(self) -> Snapshot | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_Q["load_snapshot"], self.namespace)
+        return None if row is None else Snapshot(row[0], row[1])
+
+    async def trim(self, before_offset: int, keep_topic_from: int, epoch: int) -> int:
+        async with self._write(epoch) as conn:
+            _, snap = await self._state(conn)
+            before = min(before_offset, (snap or 0) + 1)
+            status = await conn.execute(_Q["trim"], self.namespace, before, keep_topic_from)
+        return int(status.split()[-1])
+
+    # -- lease ----------------------------------------------------------------
+
+    async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_Q["acquire"], self.namespace, holder, float(ttl), url)
+        return None if row is None else Lease(holder, row[0], row[1], url)
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        async with self._connection() as conn:
+            expires_at = await conn.fetchval(
+                _Q["renew"], self.namespace, lease.epoch, lease.holder, float(ttl)
+            )
+        if expires_at is None:
+            raise FencedOut(f"the lease of epoch {lease.epoch} was lost")
+        return Lease(lease.holder, lease.epoch, expires_at, lease.url)
+
+    async def release(self, lease: Lease) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_Q["release"], self.namespace, lease.epoch)
+
+    async def current_lease(self) -> Lease | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_Q["current_lease"], self.namespace)
+        if row is None or row[0] is None:
+            return None
+        return Lease(row[0], row[1], row[2], row[3])
+
+
+__all__ = ["PostgreSQLJournal"]

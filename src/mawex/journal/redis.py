@@ -1,0 +1,452 @@
+"""The Redis journal (redis-py asyncio, Redis 6.2 or newer).
+
+Every write is one Lua script (run with EVALSHA), so the fence check (the
+namespace's epoch) and the write are atomic. Lease expiry is on the Redis
+server's clock (``TIME`` inside the scripts); ``Lease.expires_at`` is in the
+server's time. All keys of a namespace start with ``mawex:{namespace}:`` (see
+the key constants below); the braces are a Redis Cluster hash tag, so a
+namespace's keys share one slot as multi-key scripts require.
+
+Durability caveat: Redis acknowledges a write before it is on disk unless told
+otherwise. mawex's "never lose an acknowledged task" guarantee holds only with
+``appendonly yes`` and ``appendfsync always``; with ``appendfsync everysec`` a
+crash of the Redis server may lose the last second of acknowledged events, and
+RDB snapshots alone may lose minutes. A replica does not help: replication is
+asynchronous, and a failover to a replica can lose acknowledged writes. The
+journal logs a warning at open if the server reports ``appendonly no``.
+
+``trim`` deletes at most :data:`TRIM_CHUNK` records per script run, so a large
+trim does not stall the server; if the caller is fenced out between two chunks
+the records already deleted were below the snapshot, which is what trim may
+delete anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from mawex.errors import FencedOut, JournalError
+from mawex.journal import JournalURL, check_batch, check_namespace, redact
+from mawex.journal.base import Lease, Record, Snapshot
+
+log = logging.getLogger(__name__)
+_warned_volatile: set[str] = set()
+
+#: The prefix of every key of a namespace (``KEY_PREFIX.format(namespace)``).
+KEY_PREFIX: Final = "mawex:{{{}}}:"
+#: Hash: ``holder``, ``epoch``, ``expires_us`` (server clock, microseconds), ``url``.
+LEASE_KEY: Final = "lease"
+#: Hash: ``last``, the newest offset ever appended.
+META_KEY: Final = "meta"
+#: Hash: offset (decimal) -> packed record (see :data:`RECORD_HEADER`) + body.
+RECORDS_KEY: Final = "records"
+#: Sorted set: every offset, scored by offset (for ``read``).
+LOG_KEY: Final = "log"
+#: Sorted set: offsets of records without a topic offset, scored by offset (for ``trim``).
+PLAIN_KEY: Final = "plain"
+#: Sorted set: offsets of topic records, scored by topic offset (``read_topic``, ``trim``).
+TOPIC_KEY: Final = "topic"
+#: Hash: ``offset`` and ``body`` of the snapshot.
+SNAPSHOT_KEY: Final = "snapshot"
+
+#: A stored record: has-topic flag, topic offset, ``at``; then the body.
+RECORD_HEADER: Final = struct.Struct("<?qd")
+#: The most records one ``trim`` script run deletes.
+TRIM_CHUNK: Final = 5000
+#: Seconds to wait for the server on connect and on each command.
+CONNECT_TIMEOUT: Final = 10.0
+COMMAND_TIMEOUT: Final = 30.0
+
+_OK, _FENCED, _BAD_OFFSET = 0, 1, 2
+
+_FENCE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if current ~= tonumber(ARGV[1]) then return {1, current} end
+"""
+
+# KEYS: lease meta records log plain topic; ARGV: epoch first n (value topic){n}
+_APPEND = (
+    _FENCE
+    + """
+local first = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+if n == 0 then return {0, last} end
+if first ~= last + 1 then return {2, last} end
+for i = 0, n - 1 do
+    local off = string.format('%d', first + i)
+    local topic = ARGV[5 + 2 * i]
+    redis.call('HSET', KEYS[3], off, ARGV[4 + 2 * i])
+    redis.call('ZADD', KEYS[4], off, off)
+    if topic == '' then
+        redis.call('ZADD', KEYS[5], off, off)
+    else
+        redis.call('ZADD', KEYS[6], topic, off)
+    end
+end
+redis.call('HSET', KEYS[2], 'last', string.format('%d', first + n - 1))
+return {0, first + n - 1}
+"""
+)
+
+# KEYS: index records; ARGV: from limit -> {offset, value, offset, value, ...}
+_READ = """
+local offs = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+local out = {}
+for i, off in ipairs(offs) do
+    out[2 * i - 1] = off
+    out[2 * i] = redis.call('HGET', KEYS[2], off)
+end
+return out
+"""
+
+# KEYS: lease meta snapshot; ARGV: epoch offset body
+_SAVE_SNAPSHOT = (
+    _FENCE
+    + """
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+if tonumber(ARGV[2]) > last then return {2, last} end
+redis.call('HSET', KEYS[3], 'offset', ARGV[2], 'body', ARGV[3])
+return {0, 0}
+"""
+)
+
+# KEYS: lease snapshot records log plain topic; ARGV: epoch before keep_topic_from chunk
+# Topic offsets grow with offsets, so the topic records to delete are a prefix of TOPIC_KEY.
+_TRIM = (
+    _FENCE
+    + """
+local snap = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local before = math.min(tonumber(ARGV[2]), snap + 1)
+local chunk = tonumber(ARGV[4])
+local deleted = 0
+local plain = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. string.format('%d', before),
+    'LIMIT', 0, chunk)
+for _, off in ipairs(plain) do
+    redis.call('HDEL', KEYS[3], off)
+    redis.call('ZREM', KEYS[4], off)
+    redis.call('ZREM', KEYS[5], off)
+end
+deleted = #plain
+if deleted < chunk then
+    local topics = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', '(' .. ARGV[3],
+        'LIMIT', 0, chunk - deleted)
+    for _, off in ipairs(topics) do
+        if tonumber(off) >= before then break end
+        redis.call('HDEL', KEYS[3], off)
+        redis.call('ZREM', KEYS[4], off)
+        redis.call('ZREM', KEYS[6], off)
+        deleted = deleted + 1
+    end
+end
+return {0, deleted}
+"""
+)
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+# KEYS: lease; ARGV: holder ttl_us has_url url -> {0} or {1, epoch, expires_us}
+_ACQUIRE = (
+    _NOW
+    + """
+local held = redis.call('HMGET', KEYS[1], 'holder', 'expires_us')
+if held[1] and held[1] ~= ARGV[1] and tonumber(held[2]) > now then return {0} end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local expires = string.format('%.0f', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires_us', expires)
+if ARGV[3] == '1' then
+    redis.call('HSET', KEYS[1], 'url', ARGV[4])
+else
+    redis.call('HDEL', KEYS[1], 'url')
+end
+return {1, epoch, expires}
+"""
+)
+
+# KEYS: lease; ARGV: epoch holder ttl_us -> {0} or {1, expires_us}
+_RENEW = (
+    _NOW
+    + """
+local held = redis.call('HMGET', KEYS[1], 'holder', 'epoch')
+if held[1] ~= ARGV[2] or tonumber(held[2]) ~= tonumber(ARGV[1]) then return {0} end
+local expires = string.format('%.0f', now + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'expires_us', expires)
+return {1, expires}
+"""
+)
+
+# KEYS: lease; ARGV: epoch
+_RELEASE = """
+if tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') == tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'expires_us', '0')
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    lease: str
+    meta: str
+    records: str
+    log: str
+    plain: str
+    topic: str
+    snapshot: str
+
+    @classmethod
+    def of(cls, namespace: str) -> _Keys:
+        prefix = KEY_PREFIX.format(namespace)
+        return cls(
+            *(
+                prefix + name
+                for name in (
+                    LEASE_KEY,
+                    META_KEY,
+                    RECORDS_KEY,
+                    LOG_KEY,
+                    PLAIN_KEY,
+                    TOPIC_KEY,
+                    SNAPSHOT_KEY,
+                )
+            )
+        )
+
+
+def _pack(record: Record) -> bytes:
+    topic = record.topic
+    return RECORD_HEADER.pack(topic is not None, topic or 0, record.at) + record.body
+
+
+def _unpack(offset: bytes, value: bytes) -> Record:
+    has_topic, topic, at = RECORD_HEADER.unpack_from(value)
+    return Record(int(offset), topic if has_topic else None, at, value[RECORD_HEADER.size :])
+
+
+class RedisJournal:
+    """A journal in Redis (see the module docstring)."""
+
+    def __init__(self, url: str, *, namespace: str = "default") -> None:
+        self.url = url
+        self.namespace = check_namespace(namespace)
+        self.keys = _Keys.of(namespace)
+        self._client: aioredis.Redis | None = None
+        self._closed = False
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @classmethod
+    def from_url(cls, url: JournalURL, *, namespace: str = "default") -> RedisJournal:
+        """The journal for a parsed ``redis://`` URL."""
+        return cls(url.url, namespace=namespace)
+
+    def __repr__(self) -> str:
+        return f"RedisJournal({redact(self.url)!r}, namespace={self.namespace!r})"
+
+    def _error(self, e: BaseException) -> JournalError:
+        return JournalError(f"Redis journal {redact(self.url)}: {type(e).__name__}: {e}")
+
+    def _require_open(self) -> aioredis.Redis:
+        client = self._client
+        if client is None:
+            raise JournalError(f"{self!r} is {'closed' if self._closed else 'not open'}")
+        return client
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self._require_open()
+        try:
+            return await self._scripts[name](keys=keys, args=args, client=client)
+        except (RedisError, OSError, TimeoutError) as e:
+            raise self._error(e) from e
+
+    async def _command(self, name: str, *args: Any) -> Any:
+        client = self._require_open()
+        try:
+            return await client.execute_command(name, *args)  # type: ignore[no-untyped-call]
+        except (RedisError, OSError, TimeoutError) as e:
+            raise self._error(e) from e
+
+    def _check(self, reply: Sequence[Any], epoch: int, what: str) -> int:
+        """Raise for a fenced or misplaced write; return the reply's value."""
+        code, value = int(reply[0]), int(reply[1])
+        if code == _FENCED:
+            raise FencedOut(f"epoch {epoch} is fenced out: the journal's epoch is {value}")
+        if code == _BAD_OFFSET:
+            raise JournalError(f"{what} does not follow the last offset {value}")
+        return value
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            client = aioredis.Redis.from_url(
+                self.url,
+                decode_responses=False,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+            )
+        except (ValueError, RedisError) as e:
+            raise self._error(e) from e
+        self._client = client
+        self._closed = False
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("append", _APPEND),
+                ("read", _READ),
+                ("save_snapshot", _SAVE_SNAPSHOT),
+                ("trim", _TRIM),
+                ("acquire", _ACQUIRE),
+                ("renew", _RENEW),
+                ("release", _RELEASE),
+            )
+        }
+        try:
+            await self._command("PING")
+            await self._warn_if_volatile(client)
+        except BaseException:
+            await self.close()
+            self._closed = False
+            raise
+
+    async def _warn_if_volatile(self, client: aioredis.Redis) -> None:
+        try:
+            config: dict[Any, Any] = await client.config_get("appendonly")
+        except RedisError:
+            return  # CONFIG may be disabled on managed servers
+        volatile = config.get(b"appendonly", config.get("appendonly")) in (b"no", "no")
+        if volatile and self.url not in _warned_volatile:
+            _warned_volatile.add(self.url)
+            log.warning(
+                "Redis at %s runs with appendonly no: acknowledged tasks can be lost on a "
+                "Redis crash; set appendonly yes and appendfsync always",
+                redact(self.url),
+            )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._closed = True
+        if client is not None:
+            try:
+                await client.aclose()
+            except (RedisError, OSError) as e:
+                log.debug("closing %r: %s", self, e)
+
+    # -- records --------------------------------------------------------------
+
+    async def append(self, records: Sequence[Record], epoch: int) -> None:
+        check_batch(records)
+        first = records[0].offset if records else 0
+        args: list[Any] = [epoch, first, len(records)]
+        for record in records:
+            args.append(_pack(record))
+            args.append(b"" if record.topic is None else record.topic)
+        k = self.keys
+        reply = await self._script(
+            "append", [k.lease, k.meta, k.records, k.log, k.plain, k.topic], args
+        )
+        self._check(reply, epoch, f"offset {first}")
+
+    async def _read(self, index: str, start: int, limit: int) -> list[Record]:
+        if limit <= 0:
+            self._require_open()
+            return []
+        flat = await self._script("read", [index, self.keys.records], [start, limit])
+        return [_unpack(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def read(self, from_offset: int, limit: int) -> list[Record]:
+        return await self._read(self.keys.log, from_offset, limit)
+
+    async def read_topic(self, from_topic: int, limit: int) -> list[Record]:
+        return await self._read(self.keys.topic, from_topic, limit)
+
+    async def last_offset(self) -> int:
+        last = await self._command("HGET", self.keys.meta, "last")
+        return int(last or 0)
+
+    async def save_snapshot(self, snapshot: Snapshot, epoch: int) -> None:
+        k = self.keys
+        reply = await self._script(
+            "save_snapshot",
+            [k.lease, k.meta, k.snapshot],
+            [epoch, snapshot.offset, snapshot.body],
+        )
+        self._check(reply, epoch, f"snapshot offset {snapshot.offset}")
+
+    async def load_snapshot(self) -> Snapshot | None:
+        offset, body = await self._command("HMGET", self.keys.snapshot, "offset", "body")
+        return None if offset is None else Snapshot(int(offset), bytes(body))
+
+    async def trim(self, before_offset: int, keep_topic_from: int, epoch: int) -> int:
+        k = self.keys
+        keys = [k.lease, k.snapshot, k.records, k.log, k.plain, k.topic]
+        total = 0
+        while True:
+            reply = await self._script(
+                "trim", keys, [epoch, before_offset, keep_topic_from, TRIM_CHUNK]
+            )
+            deleted = self._check(reply, epoch, "trim")
+            total += deleted
+            if deleted < TRIM_CHUNK:
+                return total
+
+    # -- lease ----------------------------------------------------------------
+
+    async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
+        reply = await self._script(
+            "acquire",
+            [self.keys.lease],
+            [holder, round(ttl * 1e6), "0" if url is None else "1", url or ""],
+        )
+        if not int(reply[0]):
+            return None
+        return Lease(holder, int(reply[1]), int(reply[2]) / 1e6, url)
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        reply = await self._script(
+            "renew", [self.keys.lease], [lease.epoch, lease.holder, round(ttl * 1e6)]
+        )
+        if not int(reply[0]):
+            raise FencedOut(f"the lease of epoch {lease.epoch} was lost")
+        return Lease(lease.holder, lease.epoch, int(reply[1]) / 1e6, lease.url)
+
+    async def release(self, lease: Lease) -> None:
+        await self._script("release", [self.keys.lease], [lease.epoch])
+
+    async def current_lease(self) -> Lease | None:
+        holder, epoch, expires, url = await self._command(
+            "HMGET", self.keys.lease, "holder", "epoch", "expires_us", "url"
+        )
+        if holder is None:
+            return None
+        return Lease(
+            holder.decode(),
+            int(epoch),
+            int(expires) / 1e6,
+            None if url is None else url.decode(),
+        )
+
+
+__all__ = [
+    "KEY_PREFIX",
+    "LEASE_KEY",
+    "LOG_KEY",
+    "META_KEY",
+    "PLAIN_KEY",
+    "RECORDS_KEY",
+    "SNAPSHOT_KEY",
+    "TOPIC_KEY",
+    "RedisJournal",
+]

@@ -1,0 +1,105 @@
+-- Queries of mawex.journal.postgresql. Every table is keyed by ns, the master id.
+-- Offsets are stored as "seq" (OFFSET is an SQL keyword). Lease times are on the
+-- server's clock (clock_timestamp()).
+
+-- name: schema_lock
+-- Serialises schema creation between masters starting together.
+SELECT pg_advisory_xact_lock(hashtext('mawex.journal.schema'));
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS mawex_lease (
+    ns text PRIMARY KEY,
+    holder text,
+    epoch bigint NOT NULL,
+    expires_at timestamptz NOT NULL,
+    url text
+);
+CREATE TABLE IF NOT EXISTS mawex_records (
+    ns text NOT NULL,
+    seq bigint NOT NULL,
+    topic bigint,
+    at double precision NOT NULL,
+    body bytea NOT NULL,
+    PRIMARY KEY (ns, seq)
+);
+CREATE INDEX IF NOT EXISTS mawex_records_topic
+    ON mawex_records (ns, topic) WHERE topic IS NOT NULL;
+CREATE TABLE IF NOT EXISTS mawex_snapshot (
+    ns text PRIMARY KEY,
+    seq bigint NOT NULL,
+    body bytea NOT NULL
+);
+
+-- name: ensure_lease_row
+-- Every namespace has its lease row from open() on, so writers can always lock it.
+INSERT INTO mawex_lease (ns, holder, epoch, expires_at, url)
+VALUES ($1, NULL, 0, to_timestamp(0), NULL)
+ON CONFLICT (ns) DO NOTHING;
+
+-- name: lock_epoch
+-- The fence: taken first in every write transaction; acquire() waits for it.
+SELECT epoch FROM mawex_lease WHERE ns = $1 FOR UPDATE;
+
+-- name: write_state
+SELECT
+    greatest(
+        coalesce((SELECT max(seq) FROM mawex_records WHERE ns = $1), 0),
+        coalesce((SELECT seq FROM mawex_snapshot WHERE ns = $1), 0)
+    ),
+    (SELECT seq FROM mawex_snapshot WHERE ns = $1);
+
+-- name: insert_records
+INSERT INTO mawex_records (ns, seq, topic, at, body)
+SELECT $1, r.seq, r.topic, r.at, r.body
+FROM unnest($2::bigint[], $3::bigint[], $4::float8[], $5::bytea[]) AS r (seq, topic, at, body);
+
+-- name: read
+SELECT seq, topic, at, body FROM mawex_records
+WHERE ns = $1 AND seq >= $2
+ORDER BY seq
+LIMIT $3;
+
+-- name: read_topic
+SELECT seq, topic, at, body FROM mawex_records
+WHERE ns = $1 AND topic >= $2
+ORDER BY topic
+LIMIT $3;
+
+-- name: last_offset
+SELECT greatest(
+    coalesce((SELECT max(seq) FROM mawex_records WHERE ns = $1), 0),
+    coalesce((SELECT seq FROM mawex_snapshot WHERE ns = $1), 0)
+);
+
+-- name: save_snapshot
+INSERT INTO mawex_snapshot (ns, seq, body) VALUES ($1, $2, $3)
+ON CONFLICT (ns) DO UPDATE SET seq = excluded.seq, body = excluded.body;
+
+-- name: load_snapshot
+SELECT seq, body FROM mawex_snapshot WHERE ns = $1;
+
+-- name: trim
+DELETE FROM mawex_records
+WHERE ns = $1 AND seq < $2 AND (topic IS NULL OR topic < $3);
+
+-- name: acquire
+UPDATE mawex_lease
+SET holder = $2,
+    epoch = epoch + 1,
+    expires_at = clock_timestamp() + make_interval(secs => $3),
+    url = $4
+WHERE ns = $1 AND (holder IS NULL OR holder = $2 OR expires_at <= clock_timestamp())
+RETURNING epoch, extract(epoch FROM expires_at)::float8;
+
+-- name: renew
+UPDATE mawex_lease
+SET expires_at = clock_timestamp() + make_interval(secs => $4)
+WHERE ns = $1 AND epoch = $2 AND holder = $3
+RETURNING extract(epoch FROM expires_at)::float8;
+
+-- name: release
+UPDATE mawex_lease SET expires_at = to_timestamp(0) WHERE ns = $1 AND epoch = $2;
+
+-- name: current_lease
+SELECT holder, epoch, extract(epoch FROM expires_at)::float8, url
+FROM mawex_lease WHERE ns = $1;

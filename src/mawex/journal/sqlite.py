@@ -1,0 +1,295 @@
+"""The SQLite journal: one file, shared by the master processes of one machine.
+
+Every blocking call runs on one dedicated thread per journal, never on the event
+loop. The file is in WAL mode; each write is one ``BEGIN IMMEDIATE``
+transaction, which takes SQLite's single write lock across processes, so the
+fence check (the namespace's epoch read inside the transaction) and the write
+are atomic for every process that shares the file. A batch of records is one
+transaction (group commit).
+
+Durability follows ``synchronous`` (see :mod:`mawex.journal`): ``full`` fsyncs
+each commit, ``normal`` survives a process crash but not a power loss. Lease
+times use this machine's :func:`time.time`. The file must be on a local file
+system: WAL needs shared memory between the processes.
+
+A cancelled call may still complete on the journal thread: a caller that is
+cancelled during ``append`` must treat the write as unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, Literal, TypeVar
+
+from mawex.errors import FencedOut, JournalError, MawexError
+from mawex.journal import JournalURL, check_batch, check_namespace, load_queries
+from mawex.journal.base import Lease, Record, Snapshot
+
+_T = TypeVar("_T")
+Synchronous = Literal["full", "normal"]
+
+_Q: Final = load_queries("sqlite.sql")
+#: How long a writer waits for another process's write lock before failing.
+DEFAULT_BUSY_TIMEOUT: Final = 10.0
+
+
+def _fence(epoch: int, current: int) -> None:
+    if epoch != current:
+        raise FencedOut(f"epoch {epoch} is fenced out: the journal's epoch is {current}")
+
+
+class SQLiteJournal:
+    """A journal in a SQLite file (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str = "default",
+        synchronous: Synchronous = "full",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        self.path = os.fspath(path)
+        self.namespace = check_namespace(namespace)
+        self.synchronous: Synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: JournalURL, *, namespace: str = "default") -> SQLiteJournal:
+        """The journal for a parsed ``sqlite://`` URL."""
+        assert url.path is not None
+        sync = url.options.get("synchronous", "full")
+        return cls(
+            url.path, namespace=namespace, synchronous="normal" if sync == "normal" else "full"
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteJournal({self.path!r}, namespace={self.namespace!r})"
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _require_open(self) -> ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            raise JournalError(f"{self!r} is {'closed' if self._closed else 'not open'}")
+        return executor
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(connection)`` on the journal thread, wrapping driver errors."""
+        executor = self._require_open()
+        return await asyncio.get_running_loop().run_in_executor(executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        conn = self._conn
+        if conn is None:
+            raise JournalError(f"{self!r} is closed")
+        try:
+            return fn(conn)
+        except MawexError:
+            raise
+        except sqlite3.Error as e:
+            raise JournalError(f"SQLite journal {self.path}: {e}") from e
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction: all of it commits or nothing."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _write_state(self, conn: sqlite3.Connection, epoch: int) -> tuple[int, int | None]:
+        """Fence ``epoch``; return (last offset, snapshot offset)."""
+        current, last, snap = conn.execute(_Q["write_state"], {"ns": self.namespace}).fetchone()
+        _fence(epoch, current)
+        return last, snap
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"mawex-sqlite-{self.namespace}")
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+        self._closed = False
+
+    def _open_sync(self) -> None:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                cached_statements=64,
+            )
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot open the SQLite journal {self.path!r}: {e}") from e
+        try:
+            self._conn = conn
+            self._call(self._setup)
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as e:
+                # Switching to WAL can report "locked" without waiting on the busy handler.
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise JournalError(f"SQLite journal {self.path}: cannot use WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        conn.executescript(_Q["schema"])
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        self._closed = True
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- records --------------------------------------------------------------
+
+    async def append(self, records: Sequence[Record], epoch: int) -> None:
+        check_batch(records)
+        ns = self.namespace
+        rows = [(ns, r.offset, r.topic, r.at, r.body) for r in records]
+
+        def write(conn: sqlite3.Connection) -> None:
+            last, _ = self._write_state(conn, epoch)
+            if rows and rows[0][1] != last + 1:
+                raise JournalError(f"offset {rows[0][1]} is not the next offset {last + 1}")
+            conn.executemany(_Q["insert_record"], rows)
+
+        await self._run(lambda conn: self._transaction(conn, write))
+
+    async def read(self, from_offset: int, limit: int) -> list[Record]:
+        if limit <= 0:
+            self._require_open()
+            return []
+        rows = await self._run(
+            lambda conn: conn.execute(_Q["read"], (self.namespace, from_offset, limit)).fetchall()
+        )
+        return [Record(*row) for row in rows]
+
+    async def read_topic(self, from_topic: int, limit: int) -> list[Record]:
+        if limit <= 0:
+            self._require_open()
+            return []
+        rows = await self._run(
+            lambda conn: conn.execute(
+                _Q["read_topic"], (self.namespace, from_topic, limit)
+            ).fetchall()
+        )
+        return [Record(*row) for row in rows]
+
+    async def last_offset(self) -> int:
+        row = await self._run(
+            lambda conn: conn.execute(_Q["last_offset"], {"ns": self.namespace}).fetchone()
+        )
+        return int(row[0])
+
+    async def save_snapshot(self, snapshot: Snapshot, epoch: int) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            last, _ = self._write_state(conn, epoch)
+            if snapshot.offset > last:
+                raise JournalError(
+                    f"snapshot offset {snapshot.offset} is beyond the last offset {last}"
+                )
+            conn.execute(_Q["save_snapshot"], (self.namespace, snapshot.offset, snapshot.body))
+
+        await self._run(lambda conn: self._transaction(conn, write))
+
+    async def load_snapshot(self) -> Snapshot | None:
+        row = await self._run(
+            lambda conn: conn.execute(_Q["load_snapshot"], (self.namespace,)).fetchone()
+        )
+        return None if row is None else Snapshot(row[0], row[1])
+
+    async def trim(self, before_offset: int, keep_topic_from: int, epoch: int) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            _, snap = self._write_state(conn, epoch)
+            before = min(before_offset, (snap or 0) + 1)
+            cursor = conn.execute(_Q["trim"], (self.namespace, before, keep_topic_from))
+            return cursor.rowcount
+
+        return await self._run(lambda conn: self._transaction(conn, write))
+
+    # -- lease ----------------------------------------------------------------
+
+    async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
+        def write(conn: sqlite3.Connection) -> Lease | None:
+            row = conn.execute(_Q["get_lease"], (self.namespace,)).fetchone()
+            now = time.time()
+            if row is not None and row[0] is not None and row[0] != holder and row[2] > now:
+                return None
+            lease = Lease(holder, (row[1] if row else 0) + 1, now + ttl, url)
+            conn.execute(
+                _Q["put_lease"], (self.namespace, holder, lease.epoch, lease.expires_at, url)
+            )
+            return lease
+
+        return await self._run(lambda conn: self._transaction(conn, write))
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        def write(conn: sqlite3.Connection) -> Lease:
+            expires_at = time.time() + ttl
+            cursor = conn.execute(
+                _Q["renew_lease"], (expires_at, self.namespace, lease.epoch, lease.holder)
+            )
+            if cursor.rowcount != 1:
+                raise FencedOut(f"the lease of epoch {lease.epoch} was lost")
+            return Lease(lease.holder, lease.epoch, expires_at, lease.url)
+
+        return await self._run(write)
+
+    async def release(self, lease: Lease) -> None:
+        await self._run(
+            lambda conn: conn.execute(_Q["release_lease"], (self.namespace, lease.epoch))
+        )
+
+    async def current_lease(self) -> Lease | None:
+        row = await self._run(
+            lambda conn: conn.execute(_Q["get_lease"], (self.namespace,)).fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return Lease(row[0], row[1], row[2], row[3])
+
+
+__all__ = ["SQLiteJournal"]
