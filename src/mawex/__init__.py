@@ -1,5 +1,77 @@
-"""mawex: distributed task scheduling on the Master -> Worker -> Executor model."""
+"""mawex: distributed task scheduling on the Master -> Worker -> Executor model.
+
+The public API::
+
+    Client, AsyncClient      talk to masters (submit, get, result, cancel, state, results)
+    LocalMaster              a master inside your own asyncio program
+    Task, TaskResult, ...    value types
+    MawexError, Rejected, NotLeader, TaskFailed, ...   errors you can catch
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from mawex.client import AsyncClient, BatchReceipt, Client, SubmitReceipt
+from mawex.errors import (
+    ConfigError,
+    ExecutorLoadError,
+    FencedOut,
+    JournalError,
+    MawexError,
+    NotFound,
+    NotLeader,
+    QueueFull,
+    Rejected,
+    ResultTimeout,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailed,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from mawex.model import ResultEvent, Task, TaskResult, TaskStatus
+
+if TYPE_CHECKING:
+    from mawex.local import LocalMaster
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "BatchReceipt",
+    "Client",
+    "ConfigError",
+    "ExecutorLoadError",
+    "FencedOut",
+    "JournalError",
+    "LocalMaster",
+    "MawexError",
+    "NotFound",
+    "NotLeader",
+    "QueueFull",
+    "Rejected",
+    "ResultEvent",
+    "ResultTimeout",
+    "SubmitReceipt",
+    "Task",
+    "TaskCancelled",
+    "TaskExpired",
+    "TaskFailed",
+    "TaskResult",
+    "TaskStatus",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # LocalMaster pulls in the server, engine and journals: load it only when asked for
+    if name == "LocalMaster":
+        from mawex.local import LocalMaster
+
+        return LocalMaster
+    raise AttributeError(f"module 'mawex' has no attribute {name!r}")

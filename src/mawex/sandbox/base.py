@@ -43,7 +43,7 @@ class Sandbox(Protocol):
         """Prepare (load the executor, start helper processes); raises ExecutorLoadError."""
 
     async def run(self, task: Task, timeout_s: float | None) -> Outcome:
-        """Run one attempt to its end, within ``timeout_s`` if given; never raises for task errors."""
+        """Run one attempt to its end, within ``timeout_s`` if given; task errors never raise."""
 
     async def cancel(self, reason: str) -> None:
         """Stop the running attempt, if any: ``run`` then returns a failed Outcome."""

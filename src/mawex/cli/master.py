@@ -1,0 +1,170 @@
+"""``mawex master``: run a master (leader or standby)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from mawex.cli.options import log_options, option, run_async, token_option
+
+log = logging.getLogger("mawex.master")
+
+
+@click.command()
+@option(
+    "--journal",
+    default="sqlite:///./mawex.db",
+    help="Journal URL: sqlite:///…, postgresql://…, redis://….",
+)
+@option("--listen", default="127.0.0.1:7070", help="HOST:PORT to serve HTTP on.")
+@option(
+    "--advertise",
+    default=None,
+    help="URL others use to reach this master (default: from --listen).",
+)
+@option(
+    "--master-id", default="default", help="Namespace of independent masters sharing a journal."
+)
+@option(
+    "--lease-ttl", type=click.FloatRange(0.5, 300), default=5.0, help="Leader lease TTL, seconds."
+)
+@token_option()
+@option("--tls-cert", default=None, help="TLS certificate (PEM) to serve HTTPS/WSS.")
+@option("--tls-key", default=None, help="TLS private key (PEM).")
+@option(
+    "--heartbeat",
+    type=click.FloatRange(0.05, 60),
+    default=1.0,
+    help="Worker heartbeat interval, seconds.",
+)
+@option(
+    "--worker-grace",
+    type=click.FloatRange(0.1, 3600),
+    default=5.0,
+    help="Seconds a silent or disconnected worker keeps its task.",
+)
+@option(
+    "--pending-timeout",
+    type=click.FloatRange(0, None, min_open=True),
+    default=None,
+    help="Expire tasks pending longer than this (seconds; default: never).",
+)
+@option(
+    "--max-pending",
+    type=click.IntRange(1),
+    default=1_000_000,
+    help="Pending tasks per group before submissions get 429.",
+)
+@option(
+    "--max-payload", type=click.IntRange(1), default=1 << 20, help="Largest task payload, bytes."
+)
+@option(
+    "--snapshot-every",
+    type=click.IntRange(100),
+    default=50_000,
+    help="Save a snapshot every N journal events.",
+)
+@option(
+    "--retain-results",
+    type=click.IntRange(0),
+    default=100_000,
+    help="Finished tasks kept for lookups and idempotency.",
+)
+@option(
+    "--retain-seconds",
+    type=click.FloatRange(0),
+    default=7 * 24 * 3600.0,
+    help="Forget finished tasks older than this.",
+)
+@option(
+    "--retain-topic",
+    type=click.IntRange(1),
+    default=1_000_000,
+    help="Result-topic events kept in the journal.",
+)
+@log_options
+def master(
+    journal: str,
+    listen: str,
+    advertise: str | None,
+    master_id: str,
+    lease_ttl: float,
+    token: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    heartbeat: float,
+    worker_grace: float,
+    pending_timeout: float | None,
+    max_pending: int,
+    max_payload: int,
+    snapshot_every: int,
+    retain_results: int,
+    retain_seconds: float,
+    retain_topic: int,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run a master. Several masters on one journal elect one leader; the others stand by."""
+    from mawex.core.decide import Limits
+    from mawex.errors import ConfigError
+    from mawex.journal import parse_journal_url
+    from mawex.local import LocalMaster, parse_listen
+    from mawex.logs import setup_logging
+    from mawex.model import check_name
+    from mawex.wire.api import ApiLimits
+
+    setup_logging(log_level, log_format)
+    parse_journal_url(journal)
+    parse_listen(listen)
+    check_name(master_id, "master id")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    limits = Limits(
+        max_pending_per_group=max_pending,
+        heartbeat_s=heartbeat,
+        worker_timeout_s=max(heartbeat * 5, 2.0),
+        worker_grace_s=worker_grace,
+        pending_timeout_s=pending_timeout,
+        retain_results=retain_results,
+        retain_seconds=retain_seconds or None,
+    )
+    local = LocalMaster(
+        journal,
+        listen=listen,
+        advertise=advertise,
+        master_id=master_id,
+        lease_ttl=lease_ttl,
+        token=token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        limits=limits,
+        api_limits=ApiLimits(max_payload_bytes=max_payload),
+        snapshot_every=snapshot_every,
+        retain_topic_events=retain_topic,
+        wait_leader=False,
+    )
+    run_async(_serve(local))
+
+
+async def _serve(local: object) -> None:
+    from mawex.local import LocalMaster
+
+    assert isinstance(local, LocalMaster)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await local.start()
+    log.info(
+        "master serving",
+        extra={"action": "master_started", "url": local.url, "master_id": local.master_id},
+    )
+    serving = asyncio.create_task(local.serve_forever())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("master stopping", extra={"action": "master_stopping"})
+    await local.stop()
+    stopping.cancel()

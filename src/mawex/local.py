@@ -1,0 +1,191 @@
+"""``LocalMaster``: a complete master inside the caller's asyncio program."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from mawex.core.decide import Limits
+from mawex.journal import open_journal
+from mawex.journal.base import Journal
+from mawex.master.engine import Engine, EngineSettings
+from mawex.server.app import create_app
+from mawex.wire.api import ApiLimits
+
+if TYPE_CHECKING:
+    from mawex.client.async_ import AsyncClient
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a pair."""
+    from mawex.errors import ConfigError
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen must be HOST:PORT, not {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class LocalMaster:
+    """A master (leader or standby) serving HTTP in the current event loop.
+
+    ``journal`` is a journal URL (``sqlite:///./mawex.db``, ``postgresql://…``,
+    ``redis://…``) or a :class:`~mawex.journal.base.Journal`; ``listen`` may use
+    port 0 to pick a free port (see :attr:`url`)::
+
+        async with LocalMaster("sqlite:///./jobs.db") as master:
+            async with master.client() as client:
+                await client.submit("etl", {"day": "2026-11-27"})
+    """
+
+    def __init__(
+        self,
+        journal: str | Journal = "sqlite:///./mawex.db",
+        *,
+        listen: str = "127.0.0.1:0",
+        advertise: str | None = None,
+        master_id: str = "default",
+        lease_ttl: float = 5.0,
+        token: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        limits: Limits | None = None,
+        api_limits: ApiLimits | None = None,
+        snapshot_every: int = 50_000,
+        retain_topic_events: int = 1_000_000,
+        wait_leader: bool = True,
+    ) -> None:
+        self._journal_spec = journal
+        self.host, self.port = parse_listen(listen)
+        self._advertise = advertise
+        self.master_id = master_id
+        self.lease_ttl = lease_ttl
+        self.token = token
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.limits = limits or Limits()
+        self.api_limits = api_limits or ApiLimits()
+        self.snapshot_every = snapshot_every
+        self.retain_topic_events = retain_topic_events
+        self._wait_leader = wait_leader
+        self._engine: Engine | None = None
+        self._server: uvicorn.Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("LocalMaster is not started")
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        """The URL clients and workers use to reach this master."""
+        if self._advertise:
+            return self._advertise
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, open the journal, start the engine and serve; waits for leadership if asked."""
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        journal = (
+            open_journal(self._journal_spec, namespace=self.master_id)
+            if isinstance(self._journal_spec, str)
+            else self._journal_spec
+        )
+        settings = EngineSettings(
+            master_id=self.master_id,
+            advertise=self.url,
+            lease_ttl=self.lease_ttl,
+            limits=self.limits,
+            snapshot_every=self.snapshot_every,
+            retain_topic_events=self.retain_topic_events,
+        )
+        self._engine = Engine(journal, settings)
+        await self._engine.start()
+        app = create_app(self._engine, token=self.token, api_limits=self.api_limits)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            ws_max_size=self.api_limits.max_payload_bytes * 2 + 65536,
+            ws_ping_interval=20.0,
+            timeout_graceful_shutdown=2,
+            ssl_certfile=self.tls_cert,
+            ssl_keyfile=self.tls_key,
+            ssl_version=ssl.PROTOCOL_TLS_SERVER,
+        )
+        server = _QuietServer(config)
+        self._server = server
+        self._serve_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if self._serve_task.done():
+                await self._serve_task
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        if self._wait_leader:
+            await self._engine.wait_leader(self.lease_ttl * 3 + 5)
+
+    async def serve_forever(self) -> None:
+        """Run until the HTTP server stops (e.g. SIGTERM, see :meth:`request_stop`)."""
+        if self._serve_task is not None:
+            await asyncio.shield(self._serve_task)
+
+    def request_stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def stop(self) -> None:
+        """Hand the lease over, close every connection and the journal."""
+        if self._engine is not None:
+            await self._engine.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._serve_task, 5)
+        if self._socket is not None:
+            self._socket.close()
+
+    def client(self, **options: Any) -> AsyncClient:
+        """An :class:`~mawex.AsyncClient` for this master."""
+        from mawex.client.async_ import AsyncClient
+
+        return AsyncClient([self.url], token=self.token, **options)
+
+    async def __aenter__(self) -> LocalMaster:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class _QuietServer(uvicorn.Server):
+    """Signals are the embedding program's business, not uvicorn's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
