@@ -1,0 +1,45 @@
+# mawex developer commands. Needs Python 3.11+ (python3, or set PYTHON=...) and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint format bench bench-quick clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mawex needs Python 3.11+, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+## demo: a complete local cluster on SQLite: 2 masters, workers in 2 pods, a failover
+demo: $(VENV)/.installed
+	$(BIN)/mawex demo
+
+## test: the whole suite (PostgreSQL/Redis tests skip with a reason when unreachable)
+test: $(VENV)/.installed-dev
+	$(BIN)/pytest
+
+## lint: ruff (lint + format check), mypy --strict and the import layering contracts
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+## bench: end-to-end throughput and round-trip latency on SQLite
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
