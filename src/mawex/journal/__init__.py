@@ -151,14 +151,14 @@ def _parse_sqlite(url: str, scheme: str, shown: str) -> JournalURL:
     rest, _, fragment = rest.partition("#")
     if fragment:
         raise ConfigError(f"journal URL {shown!r} must not have a fragment")
+    if not rest or rest == "/":
+        raise ConfigError(f"SQLite journal URL {shown!r} has no file path; e.g. {DEFAULT_URL}")
     if not rest.startswith("/"):
         raise ConfigError(
             f"SQLite journal URL {shown!r} names a host; use sqlite:///relative/path.db "
             "or sqlite:////absolute/path.db (three or four slashes)"
         )
     path = unquote(rest[1:])
-    if not path:
-        raise ConfigError(f"SQLite journal URL {shown!r} has no file path; e.g. {DEFAULT_URL}")
     if path == ":memory:" or path.startswith("file:") or "mode=memory" in query_string:
         raise ConfigError(
             "an in-memory SQLite journal is not allowed: masters cannot share it and it is "
