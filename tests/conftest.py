@@ -57,11 +57,34 @@ async def _pg_admin() -> Any:
     return await asyncpg.connect(POSTGRESQL_URL, timeout=SERVICE_TIMEOUT)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _pg_sweep(admin: Any) -> None:
+    """Drop the databases of earlier local sessions that were killed before their teardown."""
+    if urlsplit(POSTGRESQL_URL).hostname not in (None, "localhost", "127.0.0.1", "::1"):
+        return
+    rows = await admin.fetch(
+        "SELECT datname FROM pg_database WHERE datname ~ '^mawex_(tpl|t)_[0-9]+_[0-9a-f]+$'"
+    )
+    for row in rows:
+        if not _pid_alive(int(row["datname"].split("_")[2])):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+
+
 async def _pg_create_template(name: str) -> None:
     from mawex.journal.postgresql import PostgreSQLJournal
 
     admin = await _pg_admin()
     try:
+        await _pg_sweep(admin)
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
@@ -101,7 +124,7 @@ def postgresql_template() -> Iterator[str]:
 @pytest.fixture
 async def postgresql_url(postgresql_template: str) -> AsyncIterator[str]:
     """The URL of a fresh database (a clone of the template), dropped after the test."""
-    name = f"mawex_t_{uuid.uuid4().hex[:12]}"
+    name = f"mawex_t_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     admin = await _pg_admin()
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgresql_template}"')
