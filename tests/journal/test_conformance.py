@@ -23,20 +23,6 @@ from mawex.testing import (
     check_stale_epoch_fenced,
 )
 
-# Known MemoryJournal bugs (strict xfails: they fail loudly once fixed).
-KNOWN_BUGS = {
-    ("memory", "last_offset"): (
-        "MemoryJournal._last() returns the newest record even when a topic record kept by "
-        "trim() is older than the snapshot; it must be max(newest record, snapshot offset), "
-        "else append() rejects the true next offset"
-    ),
-    ("memory", "read_limits"): (
-        "MemoryJournal.read_topic(from, limit=0) returns one record: it checks the limit "
-        "after appending"
-    ),
-}
-
-
 class SharedMemoryHandle:
     """A handle with its own open/closed state on a MemoryJournal shared by handles."""
 
@@ -138,12 +124,7 @@ def make_journal(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
-async def test_conformance(
-    check: str, backend: str, make_journal: JournalFactory, request: pytest.FixtureRequest
-) -> None:
-    bug = KNOWN_BUGS.get((backend, check))
-    if bug:
-        request.applymarker(pytest.mark.xfail(reason=bug, strict=True))
+async def test_conformance(check: str, backend: str, make_journal: JournalFactory) -> None:
     await CHECKS[check](make_journal)
 
 

@@ -41,9 +41,8 @@ class MemoryJournal:
             raise FencedOut(f"epoch {epoch} is fenced out by epoch {self._epoch}")
 
     def _last(self) -> int:
-        if self._records:
-            return self._records[-1].offset
-        return self._snapshot.offset if self._snapshot else 0
+        newest = self._records[-1].offset if self._records else 0
+        return max(newest, self._snapshot.offset if self._snapshot else 0)
 
     async def append(self, records: Sequence[Record], epoch: int) -> None:
         async with self._lock:
@@ -68,6 +67,8 @@ class MemoryJournal:
     async def read_topic(self, from_topic: int, limit: int) -> list[Record]:
         self._check_open()
         out: list[Record] = []
+        if limit <= 0:
+            return out
         for record in self._records:
             if record.topic is not None and record.topic >= from_topic:
                 out.append(record)
