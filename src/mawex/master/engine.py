@@ -162,19 +162,36 @@ class Engine:
 
     async def _rebuild(self) -> None:
         snapshot = await self.journal.load_snapshot()
-        state = MasterState.from_snapshot(snapshot.body) if snapshot else MasterState()
-        self._snapshot_offset = snapshot.offset if snapshot else 0
         if snapshot is not None:
-            state.offset = snapshot.offset
-        self.state = state
+            self._load_snapshot(snapshot)
+        else:
+            self.state = MasterState()
+            self._snapshot_offset = 0
         await self.catch_up()
         self.topic.reset(self.state.topic_next)
 
     async def catch_up(self) -> int:
-        """Apply journal records written by others since our offset (standby tailing)."""
+        """Apply journal records written by others since our offset (standby tailing).
+
+        If the leader trimmed records we have not applied yet, a newer snapshot
+        covers them: load it and continue from there.
+        """
         applied = 0
         while True:
             records = await self.journal.read(self.state.offset + 1, READ_CHUNK)
+            if records and records[0].offset != self.state.offset + 1:
+                snapshot = await self.journal.load_snapshot()
+                if (
+                    snapshot is None
+                    or snapshot.offset + 1 < records[0].offset
+                    or snapshot.offset <= self.state.offset
+                ):
+                    raise JournalError(
+                        f"journal gap: expected offset {self.state.offset + 1}, "
+                        f"found {records[0].offset} and no snapshot covering it"
+                    )
+                self._load_snapshot(snapshot)
+                continue
             if not records:
                 return applied
             for record in records:
@@ -183,6 +200,13 @@ class Engine:
             applied += len(records)
             if self.role != "leader":
                 self.topic.publish(records)
+
+    def _load_snapshot(self, snapshot: Snapshot) -> None:
+        state = MasterState.from_snapshot(snapshot.body)
+        state.offset = snapshot.offset
+        self.state = state
+        self._snapshot_offset = snapshot.offset
+        self.topic.reset(state.topic_next)
 
     async def become_leader(self, lease: Lease) -> None:
         """Called by the leadership loop with a freshly acquired lease."""
