@@ -23,6 +23,7 @@ from mawex.testing import (
     check_stale_epoch_fenced,
 )
 
+
 class SharedMemoryHandle:
     """A handle with its own open/closed state on a MemoryJournal shared by handles."""
 

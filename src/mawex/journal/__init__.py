@@ -236,6 +236,11 @@ def _parse_server(url: str, scheme: str, backend: str, shown: str) -> JournalURL
 def open_journal(url: str = DEFAULT_URL, *, namespace: str = DEFAULT_NAMESPACE) -> Journal:
     """Build the (unopened) journal for ``url``; ``await journal.open()`` before use.
 
+    ``url`` is one of the forms in this module's docstring, e.g.
+    ``sqlite:///./mawex.db?synchronous=normal`` (``full``, the default, fsyncs every
+    commit; ``normal`` survives a process crash but not a power loss).
+    ``namespace`` is the master id (:data:`NAMESPACE_PATTERN`).
+
     Raises :class:`ConfigError` for a bad URL or namespace, or when the backend's
     driver is not installed (with the ``pip install`` that fixes it).
     """

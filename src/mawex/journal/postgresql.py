@@ -197,6 +197,7 @@ class PostgreSQLJournal:
 
     async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
         async with self._connection() as conn:
+            await conn.execute(_Q["ensure_lease_row"], self.namespace)
             row = await conn.fetchrow(_Q["acquire"], self.namespace, holder, float(ttl), url)
         return None if row is None else Lease(holder, row[0], row[1], url)
 
