@@ -1,0 +1,155 @@
+"""Leadership in-process: one leader, standbys that redirect, hand-over, fencing, replay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from mawex.core.decide import NewTask
+from mawex.errors import NotLeader
+from mawex.journal import open_journal
+from mawex.journal.base import Journal
+from mawex.master.engine import Engine, EngineSettings
+
+TTL = 0.6
+
+
+def _task(id: str, group: str = "g") -> NewTask:
+    return NewTask(group=group, id=id, payload=msgspec.Raw(b'{"n":1}'))
+
+
+@pytest.fixture
+def journal_factory(tmp_path: Path) -> Callable[[], Journal]:
+    url = f"sqlite:///{tmp_path / 'j.db'}?synchronous=normal"
+    return lambda: open_journal(url)
+
+
+@pytest.fixture
+async def engines(journal_factory: Callable[[], Journal]) -> AsyncIterator[list[Engine]]:
+    started: list[Engine] = []
+    for name in ("a", "b"):
+        engine = Engine(
+            journal_factory(),
+            EngineSettings(advertise=f"http://{name}.invalid:1", lease_ttl=TTL, tick_s=0.05),
+        )
+        await engine.start()
+        started.append(engine)
+    yield started
+    for engine in started:
+        if engine.role != "stopped":
+            await engine.stop()
+
+
+async def _leader(engines: list[Engine], exclude: Engine | None = None) -> Engine:
+    async with asyncio.timeout(TTL * 10):
+        while True:
+            leaders = [e for e in engines if e.is_leader and e is not exclude]
+            if leaders:
+                assert len([e for e in engines if e.is_leader]) == 1
+                return leaders[0]
+            await asyncio.sleep(0.02)
+
+
+async def test_exactly_one_leader_and_standby_redirects(engines: list[Engine]) -> None:
+    leader = await _leader(engines)
+    standby = next(e for e in engines if e is not leader)
+    await asyncio.sleep(TTL)  # a whole lease period: still one leader
+    assert leader.is_leader and not standby.is_leader
+    with pytest.raises(NotLeader) as info:
+        await standby.submit(_task("t1"))
+    assert info.value.leader == leader.settings.advertise
+    assert await leader.submit(_task("t1")) is False
+
+
+async def test_clean_stop_hands_over_at_once_and_state_survives(engines: list[Engine]) -> None:
+    leader = await _leader(engines)
+    for i in range(20):
+        await leader.submit(_task(f"t{i}"))
+    standby = next(e for e in engines if e is not leader)
+    loop = asyncio.get_running_loop()
+    stopped_at = loop.time()
+    await leader.stop()
+    await _leader([standby])
+    # released lease: no TTL wait (the standby polls every 0.2 s)
+    assert loop.time() - stopped_at < TTL
+    assert standby.epoch > 1
+    assert standby.state.pending_count("g") == 20
+    assert await standby.submit(_task("t0")) is True  # idempotency survives failover
+
+
+async def test_deposed_leader_cannot_append_and_steps_down(
+    journal_factory: Callable[[], Journal],
+) -> None:
+    old = Engine(journal_factory(), EngineSettings(advertise="http://old.invalid:1", lease_ttl=TTL))
+    await old.start()
+    await old.wait_leader(5)
+    await old.submit(_task("before"))
+    # the old leader "pauses": its lease loop stops renewing, as under SIGSTOP
+    for task in old._tasks:
+        task.cancel()
+    new = Engine(journal_factory(), EngineSettings(advertise="http://new.invalid:1", lease_ttl=TTL))
+    await new.start()
+    try:
+        await new.wait_leader(TTL * 5)
+        assert new.epoch > old.epoch
+        # the old leader wakes up and tries to write: fenced, nothing lands
+        with pytest.raises(NotLeader):
+            await old.submit(_task("from-the-past"))
+        await asyncio.sleep(0.05)
+        assert not old.is_leader
+        await new.submit(_task("after"))
+        await new.catch_up()
+        assert ("g", "from-the-past") not in new.state.tasks
+        assert ("g", "before") in new.state.tasks
+        records = await new.journal.read(1, 1000)
+        assert all(b"from-the-past" not in r.body for r in records)
+    finally:
+        await new.stop()
+        await old.stop()
+
+
+async def test_standby_follows_the_journal_and_serves_results(engines: list[Engine]) -> None:
+    leader = await _leader(engines)
+    standby = next(e for e in engines if e is not leader)
+    for i in range(5):
+        await leader.submit(_task(f"t{i}"))
+    await leader.cancel("g", "t3")
+    async with asyncio.timeout(5):
+        while standby.state.offset < leader.state.offset:
+            await asyncio.sleep(0.05)
+    assert standby.get("g", "t3")["status"] == "cancelled"
+    events, next_offset = await standby.topic.read(0, 100)
+    assert [msgspec.json.decode(e)["type"] for e in events] == ["cancelled"]
+    assert next_offset == 2
+
+
+async def test_snapshot_and_trim_then_replay(journal_factory: Callable[[], Journal]) -> None:
+    settings = EngineSettings(lease_ttl=TTL, snapshot_every=100, retain_topic_events=5)
+    engine = Engine(journal_factory(), settings)
+    await engine.start()
+    await engine.wait_leader(5)
+    for i in range(250):
+        await engine.submit(_task(f"t{i}"))
+    for i in range(0, 250, 10):
+        await engine.cancel("g", f"t{i}")
+    offset = engine.state.offset
+    await engine.stop()
+    journal = journal_factory()
+    await journal.open()
+    snapshot = await journal.load_snapshot()
+    assert snapshot is not None and snapshot.offset >= 200
+    remaining = await journal.read(1, 10_000)
+    assert remaining[0].offset <= snapshot.offset  # retained topic records before it
+    await journal.close()
+    again = Engine(journal_factory(), settings)
+    await again.start()
+    try:
+        assert again.state.offset == offset
+        assert again.state.pending_count("g") == 225
+        assert again.get("g", "t240")["status"] == "cancelled"
+    finally:
+        await again.stop()
