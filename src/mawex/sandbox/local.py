@@ -1,0 +1,253 @@
+"""The ``local`` sandbox: the executor runs inside the worker process.
+
+``async def`` executors run as asyncio tasks on the worker's loop and are
+cancelled at their deadline. Plain executors run in a thread of their own, so the
+loop (heartbeats, cancel frames) never waits for them. Python cannot interrupt a
+thread: at the deadline, or on cancel, the attempt fails at once and its Outcome
+carries ``lingering``, which completes when the thread finally returns. The next
+``run`` waits for it, so the pod never runs two tasks' code at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from mawex.model import Task
+from mawex.sandbox.base import Outcome
+from mawex.sandbox.executor_ref import (
+    ERROR_LIMIT,
+    Executor,
+    encode_result,
+    format_error,
+    load_executor,
+)
+
+__all__ = ["LocalSandbox"]
+
+log = logging.getLogger("mawex.sandbox")
+
+#: What the executor's code produced: ``(True, value)`` or ``(False, exception)``.
+_Result = tuple[bool, Any]
+
+
+class _Attempt:
+    """The attempt a sandbox is running, and why it was stopped (if it was)."""
+
+    __slots__ = ("reason", "stop", "task")
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.stop = asyncio.Event()
+        self.reason: str | None = None
+
+
+async def _call_async(call: Callable[[], Any]) -> _Result:
+    try:
+        return True, await call()
+    except (Exception, SystemExit) as exc:  # SystemExit must not take the worker down
+        return False, exc
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _thread_main(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[_Result], call: Callable[[], Any]
+) -> None:
+    result: _Result
+    try:
+        result = (True, call())
+    except BaseException as exc:  # everything the user code raises, SystemExit included
+        result = (False, exc)
+    try:
+        loop.call_soon_threadsafe(_settle, future, result)
+    except RuntimeError:  # the loop is closed: nobody waits for this result any more
+        pass
+
+
+def _settle(future: asyncio.Future[_Result], result: _Result) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+class LocalSandbox:
+    """Runs the executor in the worker's own process (kind ``local``).
+
+    The executor is loaded (and a class instantiated with ``args``) once, in
+    :meth:`start`. ``cancel_grace_s`` is how long a cancelled ``async`` executor
+    may take to unwind before it is reported as lingering.
+    """
+
+    kind = "local"
+
+    def __init__(
+        self,
+        executor_ref: str,
+        args: Mapping[str, str] | None = None,
+        *,
+        cancel_grace_s: float = 1.0,
+        error_limit: int = ERROR_LIMIT,
+    ) -> None:
+        self.executor_ref = executor_ref
+        self.args = dict(args or {})
+        self.cancel_grace_s = cancel_grace_s
+        self.error_limit = error_limit
+        self._executor: Executor | None = None
+        self._attempt: _Attempt | None = None
+        self._lingering: asyncio.Future[None] | None = None
+        self._strays: set[asyncio.Future[_Result]] = set()
+
+    @property
+    def executor(self) -> Executor:
+        """The loaded executor; :meth:`start` must have run."""
+        if self._executor is None:
+            raise RuntimeError("the sandbox is not started")
+        return self._executor
+
+    @property
+    def busy(self) -> bool:
+        """Whether an attempt, or the code of an abandoned one, is still running."""
+        return self._attempt is not None or self._lingering is not None
+
+    async def start(self) -> None:
+        """Load the executor; raises ExecutorLoadError (or ConfigError for bad args)."""
+        if self._executor is None:
+            self._executor = load_executor(self.executor_ref, self.args)
+            log.debug(
+                "executor loaded",
+                extra={"action": "executor_loaded", "executor": repr(self._executor)},
+            )
+
+    async def run(self, task: Task, timeout_s: float | None) -> Outcome:
+        """Run one attempt; the deadline starts once any lingering code has returned."""
+        executor = self.executor
+        if self._attempt is not None:
+            raise RuntimeError("a sandbox runs one attempt at a time")
+        attempt = self._attempt = _Attempt(task)
+        try:
+            if self._lingering is not None:
+                log.info(
+                    "waiting for the code of an abandoned attempt to return",
+                    extra={"action": "wait_lingering", "task": task.id},
+                )
+                if not await self._wait(self._lingering, attempt, None):
+                    return self._stopped(attempt, None, None)
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout_s is None else loop.time() + timeout_s
+            work = self._launch(lambda: executor.call(task), executor.is_async)
+            try:
+                while True:
+                    remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                    if not await self._wait(work, attempt, remaining):
+                        return await self._abandon(work, attempt, timeout_s)
+                    ok, value = work.result()
+                    if not ok:
+                        return Outcome.failure(format_error(value, self.error_limit))
+                    if not inspect.isawaitable(value):
+                        return encode_result(value)
+                    # A plain function returned an awaitable (e.g. a decorated coroutine).
+                    work = self._launch(functools.partial(_identity, value), True)
+            except asyncio.CancelledError:
+                if not work.done():  # the code outlives run(): the next run() waits for it
+                    if isinstance(work, asyncio.Task):
+                        work.cancel()
+                    self._linger(work)
+                raise
+        finally:
+            self._attempt = None
+
+    async def cancel(self, reason: str) -> None:
+        """Stop the running attempt, if any; its ``run`` returns a failed Outcome."""
+        attempt = self._attempt
+        if attempt is not None and not attempt.stop.is_set():
+            attempt.reason = reason
+            attempt.stop.set()
+
+    async def close(self) -> None:
+        """Cancel the running attempt and any abandoned async code (threads cannot be killed)."""
+        await self.cancel("sandbox closed")
+        tasks = [stray for stray in self._strays if isinstance(stray, asyncio.Task)]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.cancel_grace_s)
+
+    # -- internals ------------------------------------------------------------
+
+    def _launch(self, call: Callable[[], Any], is_async: bool) -> asyncio.Future[_Result]:
+        """Start ``call``: as an asyncio task when it is async, else in a thread of its own."""
+        if is_async:
+            return asyncio.ensure_future(_call_async(call))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Result] = loop.create_future()
+        thread = threading.Thread(
+            target=_thread_main,
+            args=(loop, future, call),
+            name="mawex-local-executor",
+            daemon=True,  # a stuck executor must not keep the process alive at exit
+        )
+        thread.start()
+        return future
+
+    @staticmethod
+    async def _wait(work: asyncio.Future[Any], attempt: _Attempt, timeout_s: float | None) -> bool:
+        """Wait for ``work``; False when the deadline passed or the attempt was cancelled."""
+        if work.done():
+            return True
+        stop = asyncio.ensure_future(attempt.stop.wait())
+        try:
+            await asyncio.wait({work, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        return work.done() and not attempt.stop.is_set()
+
+    def _stopped(
+        self, attempt: _Attempt, timeout_s: float | None, lingering: Awaitable[None] | None
+    ) -> Outcome:
+        if attempt.reason is not None:
+            error = f"cancelled: {attempt.reason}"
+        else:
+            error = f"timed out after {timeout_s:g}s"
+        return Outcome.failure(error, lingering=lingering)
+
+    async def _abandon(
+        self, work: asyncio.Future[_Result], attempt: _Attempt, timeout_s: float | None
+    ) -> Outcome:
+        """The attempt is over but its code is not: stop what can be stopped."""
+        if isinstance(work, asyncio.Task):
+            work.cancel()
+            await asyncio.wait({work}, timeout=self.cancel_grace_s)
+        if work.done():
+            if not work.cancelled():
+                work.result()
+            return self._stopped(attempt, timeout_s, None)
+        log.warning(
+            "the executor's code is still running after the attempt ended",
+            extra={"action": "lingering", "task": attempt.task.id},
+        )
+        return self._stopped(attempt, timeout_s, self._linger(work))
+
+    def _linger(self, work: asyncio.Future[_Result]) -> asyncio.Future[None]:
+        lingering: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lingering = lingering
+        self._strays.add(work)
+
+        def returned(done: asyncio.Future[_Result]) -> None:
+            self._strays.discard(done)
+            if not done.cancelled():
+                done.result()
+            if not lingering.done():
+                lingering.set_result(None)
+            if self._lingering is lingering:
+                self._lingering = None
+            log.info("abandoned code returned", extra={"action": "lingering_done"})
+
+        work.add_done_callback(returned)
+        return lingering
