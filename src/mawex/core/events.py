@@ -165,9 +165,8 @@ def is_topic(event: Event) -> bool:
     return isinstance(event, Scheduled | Retrying | Completed | Failed | Cancelled | Expired)
 
 
-def topic_body(event: Event, offset: int) -> bytes:
-    """The JSON object of a topic event as the HTTP API shows it, with its ``offset``."""
-    body = _encoder.encode(event)
+def topic_record_body(body: bytes, offset: int) -> bytes:
+    """The JSON object of an encoded topic event as the HTTP API shows it, with its ``offset``."""
     return b'{"offset":' + str(offset).encode() + b"," + body[1:]
 
 

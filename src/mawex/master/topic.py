@@ -30,7 +30,7 @@ class Topic:
         for record in records:
             if record.topic is None:
                 continue
-            self._recent.append((record.topic, ev.topic_body(ev.decode(record.body), record.topic)))
+            self._recent.append((record.topic, ev.topic_record_body(record.body, record.topic)))
             self.next = record.topic + 1
             added = True
         if added:
@@ -49,7 +49,7 @@ class Topic:
             items = [recent[i][1] for i in range(start, min(len(recent), start + limit))]
             return items, from_offset + len(items)
         records = await self._journal.read_topic(from_offset, limit)
-        bodies = [ev.topic_body(ev.decode(r.body), r.topic) for r in records if r.topic]
+        bodies = [ev.topic_record_body(r.body, r.topic) for r in records if r.topic]
         next_offset = (records[-1].topic or from_offset) + 1 if records else from_offset
         return bodies, max(next_offset, from_offset)
 
