@@ -1,0 +1,125 @@
+"""The whole stack in one process: LocalMaster, real workers over loopback, both clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+import mawex
+from mawex.journal.memory import MemoryJournal
+from mawex.local import LocalMaster
+from mawex.worker.runner import WorkerPool, build_workers
+
+
+@pytest.fixture
+async def master(tmp_path: Path) -> AsyncIterator[LocalMaster]:
+    async with LocalMaster(f"sqlite:///{tmp_path / 'm.db'}?synchronous=normal") as local:
+        yield local
+
+
+async def _workers(master: LocalMaster, executor: str, groups: str, pod: str) -> WorkerPool:
+    pool = build_workers(executor, masters=[master.url], groups=groups, pod=pod)
+    asyncio.get_running_loop().create_task(pool.run())
+    await asyncio.wait_for(pool.wait_connected(), 10)
+    return pool
+
+
+async def test_async_client_round_trip(master: LocalMaster) -> None:
+    pool = await _workers(master, "mawex.examples.demo:echo", "g1,g2", "pod-a")
+    try:
+        async with master.client() as client:
+            receipt = await client.submit("g1", {"x": 1}, id="one")
+            assert receipt == mawex.SubmitReceipt(id="one", group="g1", duplicate=False)
+            assert await client.result("g1", "one", timeout=10) == {"x": 1}
+            batch = await client.submit_many(
+                [{"id": f"b{i}", "group": "g2", "payload": i} for i in range(50)]
+            )
+            assert (batch.accepted, batch.duplicates) == (50, 0)
+            for i in range(50):
+                assert await client.result("g2", f"b{i}", timeout=10) == i
+            again = await client.submit("g1", {"x": 2}, id="one")
+            assert again.duplicate
+            assert (await client.get("g1", "one")).result == {"x": 1}
+            events = [e async for e in client.results(from_offset=0, follow=False)]
+            assert [e.offset for e in events] == list(range(1, len(events) + 1))
+            done = [e for e in events if e.type == "completed"]
+            assert len(done) == 51
+    finally:
+        pool.stop()
+
+
+async def test_sync_client_in_a_thread_sees_failures(master: LocalMaster) -> None:
+    pool = await _workers(master, "mawex.examples.demo:fail", "bad", "pod-b")
+
+    def use_sync_client() -> str | None:
+        with mawex.Client(master.url) as client:
+            client.submit("bad", {"error": "nope"}, id="f1", max_attempts=2)
+            try:
+                client.result("bad", "f1", timeout=10)
+            except mawex.TaskFailed as exc:
+                assert client.get("bad", "f1").errors and len(client.get("bad", "f1").errors) == 2
+                return exc.error
+        return None
+
+    try:
+        error = await asyncio.to_thread(use_sync_client)
+        assert error is not None and "nope" in error
+    finally:
+        pool.stop()
+
+
+async def test_results_stream_websocket_delivers_live_events(master: LocalMaster) -> None:
+    pool = await _workers(master, "mawex.examples.demo:echo", "live", "pod-c")
+    url = master.url.replace("http", "ws") + "/v1/results/stream?from=0"
+    try:
+        async with connect(url) as stream, master.client() as client:
+            await client.submit("live", 7, id="s1")
+            seen = []
+            async with asyncio.timeout(10):
+                while not any(e["type"] == "completed" for e in seen):
+                    seen.append(json.loads(await stream.recv()))
+            assert [e["type"] for e in seen] == ["scheduled", "completed"]
+            assert seen[1]["result"] == 7 and seen[1]["offset"] == 2
+    finally:
+        pool.stop()
+
+
+async def test_state_and_ops_endpoints(master: LocalMaster) -> None:
+    pool = await _workers(master, "mawex.examples.demo:echo", "a,b", "pod-d")
+    try:
+        async with httpx.AsyncClient(base_url=master.url) as http:
+            state = (await http.get("/v1/state")).json()
+            assert state["leader"] is True and state["epoch"] >= 1
+            assert {w["group"] for w in state["workers"]} == {"a", "b"}
+            assert {w["status"] for w in state["workers"]} == {"idle"}
+            assert (await http.get("/healthz")).status_code == 200
+            assert (await http.get("/readyz")).status_code == 200
+            assert "mawex_tasks_accepted_total" in (await http.get("/metrics")).text
+            assert (await http.get("/")).status_code == 200
+    finally:
+        pool.stop()
+
+
+async def test_token_is_required_everywhere_but_healthz() -> None:
+    async with LocalMaster(MemoryJournal(), token="s3cret") as local:
+        async with httpx.AsyncClient(base_url=local.url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            denied = await http.get("/v1/state")
+            assert denied.status_code == 401
+            assert denied.json()["error"] == "unauthorized"
+            assert "s3cret" not in denied.text
+            wrong = await http.get("/v1/state", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = await http.get("/v1/state", headers={"Authorization": "Bearer s3cret"})
+            assert ok.status_code == 200
+        async with local.client() as client:
+            await client.submit("g", 1, id="t")
+        with pytest.raises(mawex.Unauthorized):
+            async with mawex.AsyncClient(local.url, token="wrong") as bad:
+                await bad.submit("g", 1, id="t2")
