@@ -7,7 +7,7 @@ import sys
 import click
 
 from mawex import __version__
-from mawex.cli import client_commands, demo, master, worker
+from mawex.cli import client_commands, demo, executor, master, worker
 from mawex.errors import ConfigError, MawexError, Rejected
 
 
@@ -27,6 +27,7 @@ cli.add_command(client_commands.submit)
 cli.add_command(client_commands.status)
 cli.add_command(client_commands.results)
 cli.add_command(demo.demo)
+cli.add_command(executor.executor)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,547 @@
+"""The executor-process side of the connect-back channel, and the forked sandbox's zygote.
+
+``mawex executor --connect URL`` (see :mod:`mawex.cli.executor`) calls
+:func:`run_task`: connect to the worker's :class:`~mawex.sandbox.connect_back.ConnectBackServer`,
+register with the URL's one-time secret, receive the ``task`` frame, load the executor
+it names (unless one is preloaded), run it — ``async`` or not — and send the ``result``:
+the JSON return value, or the exception as ``"<Type>: <message>"`` plus the tail of its
+traceback (a value that is not JSON becomes a clear error too). After the ``ack`` the
+process ends. Exit codes: 0 when a result was delivered (whether the task succeeded or
+not), :data:`EXIT_REJECTED` when the worker refused the secret, :data:`EXIT_CHANNEL`
+when the channel failed.
+
+The zygote (``mawex executor --zygote``, :func:`zygote_main`) is the forked sandbox's
+pre-started parent: it imports the executor and builds it once, then, per request on
+its control socket, forks ONE child that runs one task (warm mode) or executes a fresh
+``python -m mawex executor --connect URL`` (spawn mode). Every child leads a session of
+its own (so its whole process group can be killed), writes its stdout/stderr to the
+pipe the worker sent along, and dies with the zygote. The zygote reports each child's
+pid and wait status; it ends, killing every child's process group, when its control
+socket closes, when it receives SIGTERM, or when its parent (the worker) dies.
+
+Nothing here imports the worker or the master: this is the hot path of every task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import inspect
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from mawex.errors import MawexError
+from mawex.model import Task
+from mawex.sandbox.executor_ref import Executor, format_error, load_executor
+from mawex.wire.executor import (
+    AckFrame,
+    Register,
+    Reject,
+    Result,
+    TaskFrame,
+    decode_worker_frame,
+    encode,
+)
+
+__all__ = [
+    "EXIT_CHANNEL",
+    "EXIT_OK",
+    "EXIT_REJECTED",
+    "Exited",
+    "Failed",
+    "Ready",
+    "RunRequest",
+    "Started",
+    "ZygoteMessage",
+    "apply_memory_limit",
+    "decode_zygote_message",
+    "execute",
+    "run_task",
+    "set_parent_death_signal",
+    "zygote_main",
+]
+
+EXIT_OK = 0
+EXIT_REJECTED = 3
+EXIT_CHANNEL = 4
+
+#: Largest control message (JSON) between the worker and the zygote.
+CONTROL_MAX = 64 * 1024
+
+
+# -- the task process -------------------------------------------------------------------
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (PR_SET_PDEATHSIG).
+
+    Returns False where unsupported (not Linux, or prctl unavailable).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(1, int(sig), 0, 0, 0)) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+def apply_memory_limit(memory_mb: int) -> None:
+    """Cap this process's address space (RLIMIT_AS, soft and hard) at ``memory_mb`` MiB."""
+    import resource
+
+    limit = memory_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def execute(
+    frame: TaskFrame,
+    executor: Executor | None = None,
+    *,
+    memory_mb: int | None = None,
+    chdir: str | None = None,
+) -> Result:
+    """Run the task of ``frame`` and return its ``result`` frame; never raises.
+
+    ``executor`` is used when it is the one the frame names (same reference and
+    ``--arg``s); otherwise the frame's executor is loaded here. ``memory_mb`` caps
+    the address space just before the executor's code runs; ``chdir`` is its
+    working directory.
+    """
+    try:
+        payload = msgspec.json.decode(frame.payload)
+    except msgspec.DecodeError as exc:
+        return Result(ok=False, error=f"invalid payload: {exc}")
+    task = Task(id=frame.id, group=frame.group, payload=payload, attempt=frame.attempt)
+    if executor is None or executor.ref != frame.executor:
+        try:
+            executor = load_executor(frame.executor, frame.args)
+        except MawexError as exc:
+            return Result(ok=False, error=str(exc))
+        except BaseException as exc:  # an import that calls sys.exit, say
+            return Result(ok=False, error=f"cannot load executor: {format_error(exc)}")
+    try:
+        if chdir:
+            os.chdir(chdir)
+        if memory_mb:
+            apply_memory_limit(memory_mb)
+        value = executor.call(task)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt are task failures too
+        return Result(ok=False, error=format_error(exc))
+    try:
+        return Result(ok=True, result=msgspec.Raw(msgspec.json.encode(value)))
+    except BaseException as exc:
+        return Result(
+            ok=False, error=f"result is not JSON-serialisable: {type(exc).__name__}: {exc}"
+        )
+
+
+def run_task(
+    url: str,
+    *,
+    executor: Executor | None = None,
+    preloaded_args: Mapping[str, str] | None = None,
+    memory_mb: int | None = None,
+    chdir: str | None = None,
+    open_timeout: float = 10.0,
+    max_frame: int = 64 * 1024 * 1024,
+) -> int:
+    """Connect to ``url`` (``ws://.../v1/executor?secret=S``), run its task, report; exit code.
+
+    ``executor`` (built with ``preloaded_args``) is used when the task names it.
+    Problems of the channel itself are printed to stderr: the worker shows its tail.
+    """
+    from websockets.exceptions import ConnectionClosed, WebSocketException
+    from websockets.sync.client import connect
+
+    from mawex.sandbox.connect_back import split_connect_url
+
+    try:
+        base, secret = split_connect_url(url)
+    except ValueError as exc:
+        print(f"mawex executor: {exc}", file=sys.stderr)
+        return EXIT_CHANNEL
+    try:
+        ws = connect(
+            base,
+            open_timeout=open_timeout,
+            close_timeout=1,
+            max_size=max_frame,
+            compression=None,
+        )
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        print(f"mawex executor: cannot connect to {base}: {exc}", file=sys.stderr)
+        return EXIT_CHANNEL
+    try:
+        ws.send(encode(Register(secret=secret, pid=os.getpid())), text=True)
+        frame = decode_worker_frame(ws.recv(timeout=open_timeout))
+        if isinstance(frame, Reject):
+            print(
+                f"mawex executor: the worker refused this executor: {frame.reason}", file=sys.stderr
+            )
+            return EXIT_REJECTED
+        if not isinstance(frame, TaskFrame):
+            print(f"mawex executor: expected a task frame, got {frame!r}", file=sys.stderr)
+            return EXIT_CHANNEL
+        if executor is not None and dict(preloaded_args or {}) != frame.args:
+            executor = None  # built with other --args: load the one the task names
+        result = execute(frame, executor, memory_mb=memory_mb, chdir=chdir)
+        ws.send(encode(result), text=True)
+        reply = decode_worker_frame(ws.recv(timeout=30))
+        if not isinstance(reply, AckFrame):
+            print(f"mawex executor: expected an ack, got {reply!r}", file=sys.stderr)
+            return EXIT_CHANNEL
+        return EXIT_OK
+    except (ConnectionClosed, TimeoutError, OSError) as exc:
+        print(f"mawex executor: connection to the worker lost: {exc}", file=sys.stderr)
+        return EXIT_CHANNEL
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        print(f"mawex executor: invalid frame from the worker: {exc}", file=sys.stderr)
+        return EXIT_CHANNEL
+    finally:
+        ws.close()
+
+
+def exit_now(code: int) -> None:
+    """Flush stdio and end the process at once (no atexit handlers, no thread joins)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+# -- the zygote's control protocol -------------------------------------------------------
+
+
+class _Control(msgspec.Struct, frozen=True, tag_field="op"):
+    pass
+
+
+class RunRequest(_Control, frozen=True, tag="run"):
+    """Worker → zygote: start a child for the attempt of ``url`` (the output pipe rides along)."""
+
+    n: int
+    url: str
+
+
+class Ready(_Control, frozen=True, tag="ready"):
+    """Zygote → worker: the executor is loaded (warm) or checked (spawn)."""
+
+    pid: int
+    warm: bool
+    threads: int
+
+
+class Failed(_Control, frozen=True, tag="failed"):
+    """Zygote → worker: the executor cannot be loaded; the zygote exits."""
+
+    error: str
+
+
+class Started(_Control, frozen=True, tag="started"):
+    """Zygote → worker: request ``n`` runs as process ``pid`` (the leader of its own group)."""
+
+    n: int
+    pid: int = 0
+    error: str | None = None
+
+
+class Exited(_Control, frozen=True, tag="exited"):
+    """Zygote → worker: child ``pid`` ended with wait status ``status``."""
+
+    pid: int
+    status: int
+
+
+ZygoteMessage = RunRequest | Ready | Failed | Started | Exited
+_control_encoder = msgspec.json.Encoder()
+_control_decoder = msgspec.json.Decoder(ZygoteMessage)
+
+
+def encode_control(message: ZygoteMessage) -> bytes:
+    """Encode one control message."""
+    return _control_encoder.encode(message)
+
+
+def decode_zygote_message(data: bytes) -> ZygoteMessage:
+    """Decode one control message; raises msgspec errors on bad input."""
+    message: ZygoteMessage = _control_decoder.decode(data)
+    return message
+
+
+# -- the zygote ----------------------------------------------------------------------------
+
+
+class _Zygote:
+    """The zygote's state: its control socket, its children, and how it forks them."""
+
+    def __init__(
+        self,
+        control: socket.socket,
+        executor: Executor | None,
+        args: Mapping[str, str],
+        *,
+        spawn: bool,
+        memory_mb: int | None,
+        chdir: str | None,
+    ) -> None:
+        self.control = control
+        self.executor = executor
+        self.args = dict(args)
+        self.spawn = spawn
+        self.memory_mb = memory_mb
+        self.chdir = chdir
+        self.children: set[int] = set()
+        self.stopping = False
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    def send(self, message: ZygoteMessage) -> None:
+        try:
+            self.control.send(encode_control(message))
+        except OSError:
+            self.stopping = True  # the worker is gone
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGCHLD, _noop)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.selector.register(self.control, selectors.EVENT_READ, "control")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self.stopping:
+                for key, _ in self.selector.select():
+                    if key.data == "wake":
+                        self._drain_wakeup()
+                        self._reap()
+                    elif not self._on_control():
+                        self.stopping = True
+                self._reap()
+        finally:
+            self.shutdown()
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self.send(Exited(pid=pid, status=status))
+
+    def _on_control(self) -> bool:
+        """Handle one control message; False once the worker closed the socket."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.control, CONTROL_MAX, 4)
+        except InterruptedError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        try:
+            message = decode_zygote_message(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            print(f"mawex zygote: ignoring an invalid control message: {exc}", file=sys.stderr)
+            for fd in fds:
+                os.close(fd)
+            return True
+        if isinstance(message, RunRequest):
+            self._fork(message, fds[0] if fds else None)
+            for fd in fds[1:]:
+                os.close(fd)
+        return True
+
+    def _fork(self, request: RunRequest, output: int | None) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            if output is not None:
+                os.close(output)
+            self.send(Started(n=request.n, error=f"fork failed: {exc}"))
+            return
+        if pid == 0:  # the child: never returns
+            self._child(request, output)
+        if output is not None:
+            os.close(output)
+        self.children.add(pid)
+        self.send(Started(n=request.n, pid=pid))
+
+    def _child(self, request: RunRequest, output: int | None) -> None:
+        code = EXIT_CHANNEL
+        try:
+            zygote = os.getppid()
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            self.selector.close()
+            self.control.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            os.setsid()
+            if output is not None:
+                os.dup2(output, 1)
+                os.dup2(output, 2)
+                os.close(output)
+            set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != zygote:  # the zygote died before the signal was armed
+                os._exit(EXIT_CHANNEL)
+            if self.spawn:
+                self._exec(request.url)
+            faulthandler.enable()
+            code = run_task(
+                request.url,
+                executor=self.executor,
+                preloaded_args=self.args,
+                memory_mb=self.memory_mb,
+                chdir=self.chdir,
+            )
+        except BaseException as exc:
+            try:
+                print(f"mawex executor: {format_error(exc)}", file=sys.stderr)
+            except BaseException:
+                pass
+        finally:
+            exit_now(code)
+
+    def _exec(self, url: str) -> None:
+        argv = [sys.executable, "-m", "mawex", "executor", "--connect", url]
+        if self.memory_mb:
+            argv += ["--memory-limit", str(self.memory_mb)]
+        if self.chdir:
+            argv += ["--chdir", self.chdir]
+        os.execv(sys.executable, argv)
+
+    def shutdown(self) -> None:
+        """Kill every child's process group and reap them."""
+        for pid in list(self.children):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self.children.discard(pid)
+        try:
+            self.control.close()
+        except OSError:
+            pass
+
+
+def _noop(signum: int, frame: object) -> None:
+    """SIGCHLD handler: its only job is to wake the selector through the wakeup fd."""
+
+
+def _check_in_child(executor_ref: str, args: Mapping[str, str]) -> str | None:
+    """Load the executor in a throwaway forked child; its error, or None when it loads."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        error = ""
+        try:
+            load_executor(executor_ref, args)
+        except BaseException as exc:
+            error = str(exc) if isinstance(exc, MawexError) else format_error(exc)
+        try:
+            os.write(write, error.encode()[: CONTROL_MAX // 2] or b"-")
+        finally:
+            exit_now(0)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 65536):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace")
+    if text == "-":
+        return None
+    return text or "the executor check process died while loading the executor"
+
+
+def zygote_main(
+    control_fd: int,
+    executor_ref: str,
+    args: Mapping[str, str] | None = None,
+    *,
+    spawn: bool = False,
+    memory_mb: int | None = None,
+    chdir: str | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """Serve fork requests on the control socket ``control_fd``; the process's exit code.
+
+    Warm (``spawn=False``): the executor is loaded here, once, and every child runs
+    its task with it. Spawn: the executor is only checked (in a throwaway child) and
+    every child executes a fresh interpreter.
+    """
+    control = socket.socket(fileno=control_fd)
+    control.setblocking(True)
+    set_parent_death_signal(signal.SIGTERM)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        return EXIT_CHANNEL  # the worker is already gone
+    executor: Executor | None = None
+    if spawn:
+        error = _check_in_child(executor_ref, args or {})
+    else:
+        try:
+            executor = load_executor(executor_ref, args or {})
+            error = None
+        except MawexError as exc:
+            error = str(exc)
+        except BaseException as exc:
+            error = f"cannot load executor {executor_ref!r}: {format_error(exc)}"
+    zygote = _Zygote(control, executor, args or {}, spawn=spawn, memory_mb=memory_mb, chdir=chdir)
+    if error is not None:
+        zygote.send(Failed(error=error))
+        return 1
+    zygote.send(Ready(pid=os.getpid(), warm=not spawn, threads=threading.active_count()))
+    zygote.serve()
+    return 0

@@ -1,0 +1,373 @@
+"""The worker side of the connect-back channel (:mod:`mawex.wire.executor`).
+
+A sandbox that runs its executor in another process (``forked``, ``k8s``) starts a
+:class:`ConnectBackServer` once, then per attempt::
+
+    secret = server.new_secret()
+    expectation = server.expect(secret, TaskFrame(...))   # before starting the process
+    start_the_process(server.url_for(secret))             # runs `mawex executor --connect URL`
+    outcome = await expectation                           # the Outcome the executor reported
+    # ... or, when the process is gone: ChildLost says the channel ended without a result
+
+The executor process connects (WebSocket), registers with the secret of its URL,
+receives the ``task`` frame, runs it and sends a ``result``; the server answers
+``ack`` and the process exits. A secret is random, usable once, and revoked by
+:meth:`ConnectBackServer.forget` (or :meth:`Expectation.cancel`): an unknown or
+spent secret is answered with ``reject``. The secret travels in the URL's query
+(``?secret=...``) for the process's command line, but the executor sends it only
+inside its ``register`` frame, never in the HTTP request.
+
+This module knows nothing of processes: telling "the executor crashed" from "the
+executor reported a failure" is the sandbox's job, with :class:`ChildLost` as the
+hint that the channel ended early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Generator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import msgspec
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from mawex.sandbox.base import Outcome
+from mawex.wire.executor import (
+    AckFrame,
+    Log,
+    Register,
+    Reject,
+    Result,
+    TaskFrame,
+    decode_executor_frame,
+    encode,
+)
+
+__all__ = [
+    "CONNECT_PATH",
+    "ChildLost",
+    "ConnectBackServer",
+    "Expectation",
+    "split_connect_url",
+]
+
+log = logging.getLogger("mawex.sandbox")
+
+#: The path the executor connects to.
+CONNECT_PATH = "/v1/executor"
+
+#: Default bound of one frame (a task's payload, a result).
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+
+class ChildLost(Exception):
+    """The executor's channel ended without a result (the process died, or broke the protocol)."""
+
+
+def split_connect_url(url: str) -> tuple[str, str]:
+    """``ws://h:p/v1/executor?secret=S`` → ``("ws://h:p/v1/executor", "S")``.
+
+    Raises ValueError when the URL is not ``ws(s)://`` or carries no secret.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"invalid connect URL {url!r}: expected ws://host:port/...?secret=...")
+    secret = ""
+    for item in parts.query.split("&"):
+        key, _, value = item.partition("=")
+        if key == "secret":
+            secret = value
+    if not secret:
+        raise ValueError(f"invalid connect URL {url!r}: no secret")
+    return parts._replace(query="", fragment="").geturl(), secret
+
+
+class Expectation:
+    """One attempt the server waits for: ``await expectation`` gives its :class:`Outcome`.
+
+    ``registered`` completes (with the pid the executor announced, 0 if none) once
+    the executor has registered and been sent the task. Awaiting raises
+    :class:`ChildLost` when the channel ends without a result, and
+    :class:`asyncio.CancelledError` after :meth:`cancel`.
+    """
+
+    __slots__ = ("_connection", "_server", "outcome", "registered", "secret", "task")
+
+    def __init__(self, server: ConnectBackServer, secret: str, task: TaskFrame) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = server
+        self._connection: ServerConnection | None = None
+        self.secret = secret
+        self.task = task
+        self.registered: asyncio.Future[int] = loop.create_future()
+        self.outcome: asyncio.Future[Outcome] = loop.create_future()
+
+    @property
+    def url(self) -> str:
+        """The ``--connect`` URL of this attempt."""
+        return self._server.url_for(self.secret)
+
+    @property
+    def done(self) -> bool:
+        """Whether the outcome is known (reported, lost or cancelled)."""
+        return self.outcome.done()
+
+    def __await__(self) -> Generator[Any, None, Outcome]:
+        return self.outcome.__await__()
+
+    def cancel(self) -> None:
+        """Stop waiting: revoke the secret and close the executor's connection, if any."""
+        self._server.forget(self.secret)
+
+    # -- used by the server ---------------------------------------------------------
+
+    def _finish(self, outcome: Outcome | None = None, lost: str | None = None) -> None:
+        if not self.outcome.done():
+            if outcome is not None:
+                self.outcome.set_result(outcome)
+            else:
+                self.outcome.set_exception(ChildLost(lost or "connection lost"))
+        if not self.registered.done():
+            self.registered.cancel()
+
+    def _abandon(self) -> None:
+        if not self.outcome.done():
+            self.outcome.cancel()
+        if not self.registered.done():
+            self.registered.cancel()
+
+
+class ConnectBackServer:
+    """A WebSocket server on the worker side that hands tasks to executor processes.
+
+    ``host``/``port`` is where it listens (port 0: any free port); ``advertise`` is
+    the ``ws://host:port`` base the executors are told to use (a reachable address
+    for k8s pods; default: the bound address). ``on_log(secret, line)`` receives the
+    executors' ``log`` frames (default: the ``mawex.sandbox`` logger).
+    ``register_timeout`` bounds the wait for the first frame of a connection.
+    ``ping_interval`` (seconds, None to disable) detects dead peers on long tasks.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        advertise: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        register_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        on_log: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.advertise = advertise.rstrip("/") if advertise else None
+        self.max_frame = max_frame
+        self.register_timeout = register_timeout
+        self.ping_interval = ping_interval
+        self.on_log = on_log
+        self._server: Server | None = None
+        self._base: str | None = None
+        self._pending: dict[str, Expectation] = {}
+        self._active: dict[str, Expectation] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and listen (idempotent)."""
+        if self._server is not None:
+            return
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            max_size=self.max_frame,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_interval,
+            close_timeout=1,
+            compression=None,
+            logger=logging.getLogger("mawex.sandbox.connect_back"),
+        )
+        sockname = next(iter(self._server.sockets)).getsockname()
+        host = sockname[0]
+        if ":" in host:
+            host = f"[{host}]"
+        self.port = int(sockname[1])
+        self._base = self.advertise or f"ws://{host}:{self.port}"
+        log.debug(
+            "connect-back server listening",
+            extra={"action": "connect_back_listen", "url": self._base},
+        )
+
+    async def close(self) -> None:
+        """Stop listening, close every executor connection and abandon every expectation."""
+        for expectation in [*self._pending.values(), *self._active.values()]:
+            expectation._abandon()
+        self._pending.clear()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close(close_connections=True)
+            await server.wait_closed()
+        self._active.clear()
+
+    async def __aenter__(self) -> ConnectBackServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- per attempt ----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base ``ws://host:port/v1/executor`` URL (the server must be started)."""
+        if self._base is None:
+            raise RuntimeError("the connect-back server is not started")
+        return f"{self._base}{CONNECT_PATH}"
+
+    @staticmethod
+    def new_secret() -> str:
+        """A fresh random secret (URL-safe, 192 bits)."""
+        return secrets.token_urlsafe(24)
+
+    def url_for(self, secret: str) -> str:
+        """The ``--connect`` URL for ``secret``."""
+        return f"{self.url}?secret={quote(secret, safe='')}"
+
+    def expect(self, secret: str, task: TaskFrame) -> Expectation:
+        """Wait for an executor registering with ``secret``; it will be sent ``task``.
+
+        Call before the executor process starts. The secret is usable once.
+        """
+        if secret in self._pending or secret in self._active:
+            raise ValueError("this secret is already in use")
+        expectation = Expectation(self, secret, task)
+        self._pending[secret] = expectation
+        return expectation
+
+    def forget(self, secret: str) -> None:
+        """Revoke ``secret``: its expectation is cancelled and its connection closed."""
+        expectation = self._pending.pop(secret, None) or self._active.pop(secret, None)
+        if expectation is None:
+            return
+        expectation._abandon()
+        connection = expectation._connection
+        if connection is not None:
+            closing = asyncio.ensure_future(connection.close(code=1000, reason="attempt over"))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    @property
+    def waiting(self) -> int:
+        """How many expectations are registered or pending."""
+        return len(self._pending) + len(self._active)
+
+    # -- the connection handler -------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if ws.request is None or urlsplit(ws.request.path).path != CONNECT_PATH:
+            await ws.close(code=1008, reason="unknown path")
+            return
+        try:
+            async with asyncio.timeout(self.register_timeout):
+                first = await ws.recv()
+        except (TimeoutError, ConnectionClosed):
+            await ws.close(code=1008, reason="no register frame")
+            return
+        try:
+            frame = decode_executor_frame(first)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._reject(ws, f"invalid register frame: {exc}")
+            return
+        if not isinstance(frame, Register):
+            await self._reject(ws, f"expected a register frame, got {type(frame).__name__}")
+            return
+        expectation = self._pending.pop(frame.secret, None)
+        if expectation is None or expectation.done:
+            await self._reject(ws, "unknown or already used secret")
+            return
+        self._active[frame.secret] = expectation
+        expectation._connection = ws
+        try:
+            await self._serve(ws, expectation, frame)
+        finally:
+            self._active.pop(frame.secret, None)
+            expectation._connection = None
+
+    async def _reject(self, ws: ServerConnection, reason: str) -> None:
+        log.warning(
+            "connect-back registration refused",
+            extra={"action": "connect_back_reject", "reason": reason, "peer": _peer(ws)},
+        )
+        try:
+            await ws.send(encode(Reject(reason=reason)), text=True)
+        except ConnectionClosed:
+            pass
+        await ws.close(code=1008, reason="rejected")
+
+    async def _serve(self, ws: ServerConnection, expectation: Expectation, reg: Register) -> None:
+        try:
+            await ws.send(encode(expectation.task), text=True)
+        except ConnectionClosed as exc:
+            expectation._finish(lost=f"connection lost before the task was sent ({_why(exc)})")
+            return
+        if not expectation.registered.done():
+            expectation.registered.set_result(reg.pid)
+        try:
+            async for data in ws:
+                try:
+                    frame = decode_executor_frame(data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    expectation._finish(lost=f"protocol error: invalid frame: {exc}")
+                    await ws.close(code=1002, reason="invalid frame")
+                    return
+                if isinstance(frame, Log):
+                    self._log_line(expectation.secret, frame.line)
+                elif isinstance(frame, Result):
+                    expectation._finish(_outcome(frame))
+                    try:
+                        await ws.send(encode(AckFrame()), text=True)
+                    except ConnectionClosed:
+                        pass  # the result is in: whether the executor hears the ack is moot
+                    return
+                else:
+                    expectation._finish(lost="protocol error: register frame sent twice")
+                    await ws.close(code=1002, reason="unexpected frame")
+                    return
+        except ConnectionClosed as exc:
+            expectation._finish(lost=f"connection lost before a result ({_why(exc)})")
+            return
+        expectation._finish(lost="connection closed before a result")
+
+    def _log_line(self, secret: str, line: str) -> None:
+        if self.on_log is not None:
+            self.on_log(secret, line)
+        else:
+            log.info(line, extra={"action": "executor_log"})
+
+
+def _outcome(frame: Result) -> Outcome:
+    if frame.ok:
+        return Outcome.success(bytes(frame.result))
+    return Outcome.failure(frame.error or "the executor reported a failure without an error")
+
+
+def _why(exc: ConnectionClosed) -> str:
+    rcvd = exc.rcvd
+    if rcvd is None:
+        return "no close frame"
+    return f"code {rcvd.code}" + (f": {rcvd.reason}" if rcvd.reason else "")
+
+
+def _peer(ws: ServerConnection) -> str:
+    try:
+        address = ws.remote_address
+    except Exception:
+        return "?"
+    return str(address[0]) if isinstance(address, tuple) else str(address)
