@@ -30,11 +30,12 @@ import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from types import TracebackType
 from typing import Final, TypeVar
 
 from mawex.errors import FencedOut, JournalError
-from mawex.journal.base import Journal, Lease, Record, Snapshot
+from mawex.journal.base import LEADER, STANDBY, Journal, Lease, Member, Record, Snapshot
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -122,6 +123,11 @@ def _offsets(records: Sequence[Record]) -> list[int]:
     return [r.offset for r in records]
 
 
+def _stamp(records: Sequence[Record], epoch: int) -> list[Record]:
+    """``records`` as a journal returns them once appended with ``epoch``."""
+    return [replace(r, epoch=epoch) for r in records]
+
+
 def _same_lease(actual: Lease | None, expected: Lease, what: str) -> None:
     if actual is None:
         raise _fail(f"{what}: expected {expected!r}, got None")
@@ -199,6 +205,7 @@ async def check_append_and_read(make_journal: JournalFactory) -> None:
         await j.append([], lease.epoch)
         await j.append(records[3:], lease.epoch)
         _equal(await j.last_offset(), 4, "last_offset() after appending 1-4")
+        records = _stamp(records, lease.epoch)
         _equal(await j.read(1, 100), records, "read(1) after appending 1-4")
         _equal(await j.read(0, 100), records, "read(0)")
         _equal(await j.read(3, 100), records[2:], "read(3)")
@@ -229,7 +236,9 @@ async def check_offsets_contiguous(make_journal: JournalFactory) -> None:
             _equal(_offsets(await j.read(1, 100)), [1, 2, 3], f"records after {what}")
             _equal(await j.last_offset(), 3, f"last_offset() after {what}")
         await j.append(_recs(4, 5), lease.epoch)
-        _equal(await j.read(1, 100), _recs(1, 5), "records after a good append")
+        _equal(
+            await j.read(1, 100), _stamp(_recs(1, 5), lease.epoch), "records after a good append"
+        )
 
 
 async def check_read_limits(make_journal: JournalFactory) -> None:
@@ -240,6 +249,7 @@ async def check_read_limits(make_journal: JournalFactory) -> None:
         topics = {o: o for o in range(1, 11)}
         records = _recs(1, 10, topics)
         await j.append(records, lease.epoch)
+        records = _stamp(records, lease.epoch)
         _equal(await j.read(1, 3), records[:3], "read(1, limit=3)")
         _equal(await j.read(4, 3), records[3:6], "read(4, limit=3)")
         _equal(await j.read(9, 5), records[8:], "read(9, limit=5)")
@@ -259,7 +269,7 @@ async def check_read_topic(make_journal: JournalFactory) -> None:
         records = _recs(1, 9, topics)
         await j.append(records[:4], lease.epoch)
         await j.append(records[4:], lease.epoch)
-        in_topic = [r for r in records if r.topic is not None]
+        in_topic = [r for r in _stamp(records, lease.epoch) if r.topic is not None]
         _equal(await j.read_topic(1, 100), in_topic, "read_topic(1)")
         _equal(await j.read_topic(0, 100), in_topic, "read_topic(0)")
         _equal(await j.read_topic(3, 100), in_topic[2:], "read_topic(3)")
@@ -305,7 +315,9 @@ async def check_snapshots(make_journal: JournalFactory) -> None:
         _equal(await j.load_snapshot(), Snapshot(4, big), "load_snapshot() after a newer one")
         await _rejected(j.save_snapshot(Snapshot(5, b"s"), lease.epoch), "snapshot past the end")
         _equal(await j.load_snapshot(), Snapshot(4, big), "snapshot after a refused one")
-        _equal(await j.read(1, 100), _recs(1, 4), "records after saving snapshots")
+        _equal(
+            await j.read(1, 100), _stamp(_recs(1, 4), lease.epoch), "records after saving snapshots"
+        )
 
 
 async def check_trim(make_journal: JournalFactory) -> None:
@@ -316,6 +328,7 @@ async def check_trim(make_journal: JournalFactory) -> None:
         topics = {2: 1, 4: 2, 6: 3, 8: 4, 10: 5}
         records = _recs(1, 10, topics)
         await j.append(records, lease.epoch)
+        records = _stamp(records, lease.epoch)
         _equal(await j.trim(100, 100, lease.epoch), 0, "trim() without a snapshot")
         _equal(await j.read(1, 100), records, "records after trim() without a snapshot")
         await j.save_snapshot(Snapshot(6, b"state@6"), lease.epoch)
@@ -368,7 +381,7 @@ async def check_live_lease_blocks(make_journal: JournalFactory) -> None:
             _equal(await b.acquire("b", LONG_TTL, None), None, "acquire() of a live lease")
         _same_lease(await b.current_lease(), lease, "the lease after refused acquires")
         await a.append([_rec(1)], lease.epoch)
-        _equal(await b.read(1, 10), [_rec(1)], "the holder's append")
+        _equal(await b.read(1, 10), _stamp([_rec(1)], lease.epoch), "the holder's append")
 
 
 async def check_lapsed_lease(make_journal: JournalFactory) -> None:
@@ -442,12 +455,13 @@ async def check_stale_epoch_fenced(make_journal: JournalFactory) -> None:
             FencedOut, a.save_snapshot(Snapshot(3, b"x"), old.epoch), "stale save_snapshot()"
         )
         await _raises(FencedOut, a.trim(3, 100, old.epoch), "trim() with a stale epoch")
+        before = _stamp(_recs(1, 3, {2: 1}), old.epoch)
         for handle in (a, b):
-            _equal(await handle.read(1, 100), _recs(1, 3, {2: 1}), "records after stale writes")
+            _equal(await handle.read(1, 100), before, "records after stale writes")
             _equal(await handle.last_offset(), 3, "last_offset() after stale writes")
             _equal(await handle.load_snapshot(), Snapshot(2, b"state@2"), "snapshot after them")
         await b.append([_rec(4)], new.epoch)
-        _equal(await a.read(4, 10), [_rec(4)], "the new leader's append")
+        _equal(await a.read(4, 10), _stamp([_rec(4)], new.epoch), "the new leader's append")
 
 
 async def check_concurrent_writers(make_journal: JournalFactory) -> None:
@@ -490,6 +504,11 @@ async def check_concurrent_writers(make_journal: JournalFactory) -> None:
         bodies = [r.body for r in records]
         _equal(_offsets(records), list(range(1, len(records) + 1)), "offsets after the race")
         _equal(bodies, [b"A"] * len(acked) + [b"B"] * 20, "who wrote what, in order")
+        _equal(
+            [r.epoch for r in records],
+            [old.epoch] * len(acked) + [new.epoch] * 20,
+            "the epoch of every record after the race",
+        )
         _check(acked, "the old writer never appended before the takeover")
         await _raises(FencedOut, a.append([_rec(len(records) + 1)], old.epoch), "late old append")
         _equal(await b.last_offset(), len(records), "last_offset() after a late old append")
@@ -511,8 +530,16 @@ async def check_namespaces_isolated(make_journal: JournalFactory) -> None:
         await two.append([_rec(1, body=b"two")], lease2.epoch)
         await one.append([_rec(4)], lease1.epoch)
         _equal(await two.trim(100, 100, lease2.epoch), 0, "trim() without a snapshot")
-        _equal(await one.read(1, 10), _recs(1, 4, {1: 1}), "records of the first namespace")
-        _equal(await two.read(1, 10), [_rec(1, body=b"two")], "records of the second")
+        _equal(
+            await one.read(1, 10),
+            _stamp(_recs(1, 4, {1: 1}), lease1.epoch),
+            "records of the first namespace",
+        )
+        _equal(
+            await two.read(1, 10),
+            _stamp([_rec(1, body=b"two")], lease2.epoch),
+            "records of the second",
+        )
         _same_lease(await one.current_lease(), lease1, "lease of the first namespace")
         _same_lease(await two.current_lease(), lease2, "lease of the second namespace")
 
@@ -525,6 +552,7 @@ async def check_close_reopen(make_journal: JournalFactory) -> None:
         lease = await _lead(a, "a")
         records = _recs(1, 4, {3: 1})
         await a.append(records, lease.epoch)
+        records = _stamp(records, lease.epoch)
         await a.save_snapshot(Snapshot(2, b"state@2"), lease.epoch)
         await a.close()
         await a.close()
@@ -538,6 +566,101 @@ async def check_close_reopen(make_journal: JournalFactory) -> None:
         _same_lease(await b.current_lease(), lease, "lease after reopening")
         await b.append([_rec(5)], lease.epoch)
         _equal(_offsets(await b.read(1, 10)), [1, 2, 3, 4, 5], "append after reopening")
+
+
+async def check_record_epochs(make_journal: JournalFactory) -> None:
+    """Every record reads back with the epoch it was appended with (not the one it
+    carried), epochs never decrease along offsets across takeovers, and they
+    survive snapshots, trims and reopening."""
+    async with _Handles(make_journal) as open_:
+        ns = _ns("epochs")
+        a, b = await open_(ns), await open_(ns)
+        first = await _lead(a, "a", SHORT_TTL)
+        # the records' own epoch field is not what the journal stores
+        await a.append(
+            [replace(r, epoch=first.epoch + 100) for r in _recs(1, 3, {2: 1})], first.epoch
+        )
+        second = await _take_over(b, "b", SHORT_TTL)
+        await _raises(FencedOut, a.append([_rec(4)], first.epoch), "append() with a stale epoch")
+        await b.append(_recs(4, 5, {5: 2}), second.epoch)
+        await b.append(_recs(6, 6), second.epoch)
+        third = await _take_over(a, "a")
+        await a.append(_recs(7, 8, {8: 3}), third.epoch)
+        _check(
+            first.epoch < second.epoch < third.epoch,
+            f"takeover epochs do not increase: {first.epoch}, {second.epoch}, {third.epoch}",
+        )
+        expected = [
+            *_stamp(_recs(1, 3, {2: 1}), first.epoch),
+            *_stamp(_recs(4, 6, {5: 2}), second.epoch),
+            *_stamp(_recs(7, 8, {8: 3}), third.epoch),
+        ]
+        for handle in (a, b):
+            records = await handle.read(1, 100)
+            _equal(records, expected, "records with their writers' epochs")
+            epochs = [r.epoch for r in records]
+            _check(
+                all(x <= y for x, y in itertools.pairwise(epochs)),
+                f"epochs decrease along offsets: {epochs}",
+            )
+            _equal(
+                await handle.read_topic(1, 100),
+                [r for r in expected if r.topic is not None],
+                "topic records with their writers' epochs",
+            )
+        await a.save_snapshot(Snapshot(6, b"state@6"), third.epoch)
+        await a.trim(7, 2, third.epoch)
+        kept = [r for r in expected if r.offset > 6 or (r.topic is not None and r.topic >= 2)]
+        _equal(await b.read(1, 100), kept, "records kept by trim() keep their epochs")
+        await a.close()
+        c = await open_(ns)
+        _equal(await c.read(1, 100), kept, "epochs after reopening")
+
+
+async def check_members(make_journal: JournalFactory) -> None:
+    """announce() upserts a member until its TTL lapses (or ttl <= 0 withdraws it);
+    members() lists live ones, ordered by holder, on every handle of the namespace."""
+    async with _Handles(make_journal) as open_:
+        ns = _ns("members")
+        a, b, other = await open_(ns), await open_(ns), await open_(_ns("members-other"))
+        _equal(await a.members(), [], "members() of a new namespace")
+        await a.announce(Member("m-b", "http://b:1", STANDBY), LONG_TTL)
+        await b.announce(Member("m-a", "http://a:1", LEADER, seen_at=1.0, expires_at=2.0), 5.0)
+        await b.announce(Member("m-c", None, STANDBY), SHORT_TTL)
+        seen = await a.members()
+        _equal(
+            [(m.holder, m.url, m.role) for m in seen],
+            [("m-a", "http://a:1", LEADER), ("m-b", "http://b:1", STANDBY), ("m-c", None, STANDBY)],
+            "members() (holder, url, role)",
+        )
+        for member, ttl in zip(seen, (5.0, LONG_TTL, SHORT_TTL), strict=True):
+            _check(
+                abs(member.expires_at - member.seen_at - ttl) < 0.05,
+                f"{member.holder}: expires_at - seen_at is "
+                f"{member.expires_at - member.seen_at:.3f}, expected the ttl {ttl}",
+            )
+            _check(
+                0 <= member.seen_s_ago < 5,
+                f"{member.holder}: seen_s_ago {member.seen_s_ago} is not in [0, 5)",
+            )
+        _equal(await other.members(), [], "members() of another namespace")
+        # an upsert replaces the member's role and url, and refreshes it
+        await asyncio.sleep(0.05)
+        await a.announce(Member("m-b", "http://b:2", LEADER), LONG_TTL)
+        again = {m.holder: m for m in await b.members()}
+        _equal(sorted(again), ["m-a", "m-b", "m-c"], "holders after an upsert")
+        _equal((again["m-b"].url, again["m-b"].role), ("http://b:2", LEADER), "upserted member")
+        _check(
+            again["m-b"].seen_at > seen[1].seen_at,
+            f"the upsert did not move seen_at: {again['m-b'].seen_at} <= {seen[1].seen_at}",
+        )
+        # a short TTL lapses; ttl <= 0 withdraws at once; withdrawing twice is harmless
+        await asyncio.sleep(LAPSE_WAIT)
+        _equal([m.holder for m in await a.members()], ["m-a", "m-b"], "after m-c's TTL lapsed")
+        await b.announce(Member("m-a", "http://a:1", LEADER), 0)
+        await b.announce(Member("m-a", "http://a:1", LEADER), 0)
+        await a.announce(Member("never", None, STANDBY), 0)
+        _equal([m.holder for m in await b.members()], ["m-b"], "after m-a withdrew")
 
 
 #: Every check by name, in the order :func:`check_journal` runs them.
@@ -558,6 +681,8 @@ CHECKS: Final[dict[str, JournalCheck]] = {
     "concurrent_writers": check_concurrent_writers,
     "namespaces_isolated": check_namespaces_isolated,
     "close_reopen": check_close_reopen,
+    "record_epochs": check_record_epochs,
+    "members": check_members,
 }
 
 
@@ -583,10 +708,12 @@ __all__ = [
     "check_lapsed_lease",
     "check_last_offset",
     "check_live_lease_blocks",
+    "check_members",
     "check_namespaces_isolated",
     "check_offsets_contiguous",
     "check_read_limits",
     "check_read_topic",
+    "check_record_epochs",
     "check_release",
     "check_renew",
     "check_snapshots",

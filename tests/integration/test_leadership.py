@@ -153,3 +153,72 @@ async def test_snapshot_and_trim_then_replay(journal_factory: Callable[[], Journ
         assert again.get("g", "t240")["status"] == "cancelled"
     finally:
         await again.stop()
+
+
+async def test_masters_announce_themselves_and_see_each_other(engines: list[Engine]) -> None:
+    leader = await _leader(engines)
+    standby = next(e for e in engines if e is not leader)
+    async with asyncio.timeout(TTL * 10):
+        while True:
+            views = [e.state_view() for e in engines]
+            if all(len(v["masters"]) == 2 for v in views):
+                break
+            await asyncio.sleep(0.02)
+    for view in views:
+        assert [(m["url"], m["role"], m["holder"]) for m in view["masters"]] == [
+            (leader.settings.advertise, "leader", leader.holder),
+            (standby.settings.advertise, "standby", standby.holder),
+        ]
+        assert view["standbys"] == [standby.settings.advertise]
+        assert all(0 <= m["seen_s_ago"] < TTL * 2 for m in view["masters"])
+        assert view["lease_holder"] == leader.holder
+        assert view["lease_expires_in_s"] > 0
+    # a clean stop withdraws the announcement at once; the standby leads and is alone
+    await leader.stop()
+    new = await _leader([standby])
+    async with asyncio.timeout(TTL * 10):
+        while [m["holder"] for m in new.state_view()["masters"]] != [new.holder]:
+            await asyncio.sleep(0.02)
+    assert new.state_view()["standbys"] == []
+    async with asyncio.timeout(TTL * 10):
+        while [(m.holder, m.role) for m in await new.journal.members()] != [(new.holder, "leader")]:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_silent_master_drops_out_of_the_members(
+    journal_factory: Callable[[], Journal],
+) -> None:
+    from mawex.master.leadership import MEMBER_TTL_FACTOR
+
+    a = Engine(journal_factory(), EngineSettings(advertise="http://a.invalid:1", lease_ttl=TTL))
+    b = Engine(journal_factory(), EngineSettings(advertise="http://b.invalid:1", lease_ttl=TTL))
+    await a.start()
+    await a.wait_leader(5)
+    await b.start()
+    try:
+        async with asyncio.timeout(TTL * 10):
+            while len(a.state_view()["masters"]) < 2:
+                await asyncio.sleep(0.02)
+        # b goes silent (as under SIGSTOP): its announcement lapses
+        for task in b._tasks:
+            task.cancel()
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(TTL * (MEMBER_TTL_FACTOR + 3)):
+            while len(a.state_view()["masters"]) > 1:
+                await asyncio.sleep(0.05)
+        assert a.state_view()["standbys"] == []
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_epochs_in_the_journal_follow_the_leaders(engines: list[Engine]) -> None:
+    first = await _leader(engines)
+    await first.submit(_task("a"))
+    first_epoch = first.epoch
+    await first.stop()
+    second = await _leader(engines, exclude=first)
+    await second.submit(_task("b"))
+    records = await second.journal.read(1, 1000)
+    assert [r.epoch for r in records] == [first_epoch, second.epoch]
+    assert first_epoch < second.epoch

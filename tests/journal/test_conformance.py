@@ -12,7 +12,7 @@ import pytest
 
 from mawex.errors import FencedOut, JournalError
 from mawex.journal import open_journal
-from mawex.journal.base import Journal, Lease, Record, Snapshot
+from mawex.journal.base import Journal, Lease, Member, Record, Snapshot
 from mawex.journal.memory import MemoryJournal
 from mawex.testing import (
     CHECKS,
@@ -74,6 +74,12 @@ class SharedMemoryHandle:
 
     async def current_lease(self) -> Lease | None:
         return await self._live().current_lease()
+
+    async def announce(self, member: Member, ttl: float) -> None:
+        await self._live().announce(member, ttl)
+
+    async def members(self) -> list[Member]:
+        return await self._live().members()
 
 
 def memory_factory(store_type: type[MemoryJournal] = MemoryJournal) -> JournalFactory:
@@ -279,6 +285,7 @@ async def test_redis_keeps_every_key_under_its_namespace_prefix(
         assert lease is not None
         await journal.append([Record(1, 1, 0.0, b"x"), Record(2, None, 0.0, b"y")], lease.epoch)
         await journal.save_snapshot(Snapshot(2, b"s"), lease.epoch)
+        await journal.announce(Member("a", None, "leader"), 5)
     finally:
         await journal.close()
     client = aioredis.Redis.from_url(redis_url)
@@ -289,7 +296,8 @@ async def test_redis_keeps_every_key_under_its_namespace_prefix(
     prefix = f"mawex:{{{namespace}}}:"
     mine = {key for key in keys if key.startswith(prefix)}
     assert mine == {
-        prefix + k for k in ("lease", "meta", "records", "log", "plain", "topic", "snapshot")
+        prefix + k
+        for k in ("lease", "meta", "records", "log", "plain", "topic", "snapshot", "members")
     }
     assert all(key.startswith(f"mawex:{{{namespace}") for key in keys)
 

@@ -215,9 +215,22 @@ def _print_state(state: dict[str, Any]) -> None:
         f" · epoch {state.get('epoch')} · leader {state.get('leader_url') or 'unknown'}"
         + (f" · lease expires in {lease:.1f}s" if isinstance(lease, int | float) else "")
     )
+    if state.get("lease_holder"):
+        console.print(f"lease held by {state['lease_holder']}")
     standbys = state.get("standbys") or []
-    if standbys:
-        console.print("standbys seen: " + ", ".join(str(s) for s in standbys))
+    console.print("standbys seen: " + (", ".join(str(s) for s in standbys) or "none"))
+    masters = state.get("masters") or []
+    if masters:
+        table = Table("master", "role", "holder", "seen (s ago)", title="masters")
+        for m in masters:
+            seen = m.get("seen_s_ago")
+            table.add_row(
+                str(m.get("url") or ""),
+                str(m.get("role") or ""),
+                str(m.get("holder") or ""),
+                "" if seen is None else f"{seen:.1f}",
+            )
+        console.print(table)
     groups = Table("group", "pending", "running", title="groups")
     for name, info in state.get("groups", {}).items():
         groups.add_row(name, str(info["pending"]), str(info["running"]))

@@ -35,7 +35,7 @@ from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from mawex.errors import ConfigError, JournalError
-from mawex.journal.base import Journal, Lease, Record, Snapshot
+from mawex.journal.base import Journal, Lease, Member, Record, Snapshot
 
 DEFAULT_URL: Final = "sqlite:///./mawex.db"
 DEFAULT_NAMESPACE: Final = "default"
@@ -299,6 +299,7 @@ __all__ = [
     "Journal",
     "JournalURL",
     "Lease",
+    "Member",
     "Record",
     "Snapshot",
     "check_batch",

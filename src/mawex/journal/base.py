@@ -11,14 +11,21 @@ a topic offset (``topic``), contiguous among topic records.
 Fencing: :meth:`Journal.acquire` hands out a lease with an epoch strictly greater
 than every epoch handed out before. ``append``, ``save_snapshot`` and ``trim``
 take the caller's epoch and fail with :class:`~mawex.errors.FencedOut`, changing
-nothing, when a newer epoch exists, atomically with the write.
+nothing, when a newer epoch exists, atomically with the write. ``append`` stores
+that epoch with every record (``Record.epoch`` when read back), so the journal
+itself shows who wrote what: epochs never decrease along offsets.
+
+Membership: every master (leader or standby) announces itself (:meth:`Journal.announce`)
+every few seconds with a time to live; :meth:`Journal.members` lists the
+announcements that have not expired ("standbys seen"). Membership is advisory
+(never fenced): it serves ``mawex status`` and the dashboard, not leadership.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +36,9 @@ class Record:
     topic: int | None
     at: float
     body: bytes
+    #: The epoch of the leader that appended the record. A backend stores the epoch
+    #: passed to :meth:`Journal.append` (this field is ignored there) and returns it here.
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,31 @@ class Lease:
     epoch: int
     expires_at: float
     url: str | None = None
+
+
+#: The roles a master announces.
+LEADER: Final = "leader"
+STANDBY: Final = "standby"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A master as it last announced itself.
+
+    ``holder`` names the master process (its lease holder name), ``url`` is where
+    it serves, ``role`` is :data:`LEADER` or :data:`STANDBY` as the master saw
+    itself. When read back from :meth:`Journal.members`, ``seen_at`` and
+    ``expires_at`` are on the store's clock (like :attr:`Lease.expires_at`) and
+    ``seen_s_ago`` is how long before that call, by the same clock, the member
+    last announced; :meth:`Journal.announce` ignores these three fields.
+    """
+
+    holder: str
+    url: str | None
+    role: str
+    seen_at: float = 0.0
+    expires_at: float = 0.0
+    seen_s_ago: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +97,7 @@ class Journal(Protocol):
     async def append(self, records: Sequence[Record], epoch: int) -> None:
         """Append records atomically, in one transaction, if ``epoch`` is the newest epoch.
 
+        Each record is stored with ``epoch`` (whatever its own ``epoch`` field says).
         Raises FencedOut if a newer epoch exists, JournalError if the first offset
         is not ``last_offset() + 1`` or the store fails. Nothing is written on error.
         """
@@ -98,5 +134,12 @@ class Journal(Protocol):
     async def current_lease(self) -> Lease | None:
         """The lease as stored (possibly lapsed), or None if never taken."""
 
+    async def announce(self, member: Member, ttl: float) -> None:
+        """Record (insert or replace, by ``member.holder``) that ``member`` is alive now,
+        by the store's clock, until ``ttl`` seconds from now; ``ttl <= 0`` withdraws it."""
 
-__all__ = ["Journal", "Lease", "Record", "Snapshot"]
+    async def members(self) -> list[Member]:
+        """The members whose announcement has not expired, ordered by holder."""
+
+
+__all__ = ["LEADER", "STANDBY", "Journal", "Lease", "Member", "Record", "Snapshot"]

@@ -9,9 +9,10 @@ import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from mawex.errors import FencedOut, JournalError
-from mawex.journal.base import Lease, Record, Snapshot
+from mawex.journal.base import Lease, Member, Record, Snapshot
 
 
 class MemoryJournal:
@@ -23,6 +24,7 @@ class MemoryJournal:
         self._snapshot: Snapshot | None = None
         self._lease: Lease | None = None
         self._epoch = 0
+        self._members: dict[str, Member] = {}
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -56,7 +58,7 @@ class MemoryJournal:
                     raise JournalError(
                         f"offset {record.offset} is not the next offset {expected + i}"
                     )
-            self._records.extend(records)
+            self._records.extend(replace(r, epoch=epoch) for r in records)
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
         self._check_open()
@@ -135,3 +137,24 @@ class MemoryJournal:
 
     async def current_lease(self) -> Lease | None:
         return self._lease
+
+    async def announce(self, member: Member, ttl: float) -> None:
+        self._check_open()
+        now = self._clock()
+        if ttl <= 0:
+            self._members.pop(member.holder, None)
+        else:
+            self._members[member.holder] = Member(
+                member.holder, member.url, member.role, now, now + ttl
+            )
+        for holder in [h for h, m in self._members.items() if m.expires_at <= now]:
+            del self._members[holder]
+
+    async def members(self) -> list[Member]:
+        self._check_open()
+        now = self._clock()
+        return [
+            replace(m, seen_s_ago=now - m.seen_at)
+            for _, m in sorted(self._members.items())
+            if m.expires_at > now
+        ]

@@ -25,7 +25,7 @@ import asyncpg
 
 from mawex.errors import FencedOut, JournalError, MawexError
 from mawex.journal import JournalURL, check_batch, check_namespace, load_queries, redact
-from mawex.journal.base import Lease, Record, Snapshot
+from mawex.journal.base import Lease, Member, Record, Snapshot
 
 _Q: Final = load_queries("postgresql.sql")
 _DRIVER_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -38,7 +38,7 @@ CONNECT_TIMEOUT: Final = 10.0
 
 
 def _record(row: Any) -> Record:
-    return Record(row[0], row[1], row[2], row[3])
+    return Record(row[0], row[1], row[2], row[3], row[4])
 
 
 def _fence(epoch: int, current: int) -> None:
@@ -152,6 +152,7 @@ class PostgreSQLJournal:
                 [r.topic for r in records],
                 [r.at for r in records],
                 [r.body for r in records],
+                epoch,
             )
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
@@ -220,6 +221,28 @@ class PostgreSQLJournal:
         if row is None or row[0] is None:
             return None
         return Lease(row[0], row[1], row[2], row[3])
+
+    # -- membership -------------------------------------------------------------
+
+    async def announce(self, member: Member, ttl: float) -> None:
+        async with self._connection() as conn, conn.transaction():
+            if ttl > 0:
+                await conn.execute(
+                    _Q["announce"],
+                    self.namespace,
+                    member.holder,
+                    member.url,
+                    member.role,
+                    float(ttl),
+                )
+            else:
+                await conn.execute(_Q["withdraw"], self.namespace, member.holder)
+            await conn.execute(_Q["prune_members"], self.namespace)
+
+    async def members(self) -> list[Member]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_Q["members"], self.namespace)
+        return [Member(*row) for row in rows]
 
 
 __all__ = ["PostgreSQLJournal"]

@@ -23,6 +23,7 @@ delete anyway.
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from redis.exceptions import RedisError
 
 from mawex.errors import FencedOut, JournalError
 from mawex.journal import JournalURL, check_batch, check_namespace, redact
-from mawex.journal.base import Lease, Record, Snapshot
+from mawex.journal.base import Lease, Member, Record, Snapshot
 
 log = logging.getLogger(__name__)
 _warned_volatile: set[str] = set()
@@ -48,6 +49,8 @@ LEASE_KEY: Final = "lease"
 META_KEY: Final = "meta"
 #: Hash: offset (decimal) -> packed record (see :data:`RECORD_HEADER`) + body.
 RECORDS_KEY: Final = "records"
+#: Hash: holder -> JSON ``{"role", ["url"], "seen_us", "expires_us"}`` (server clock).
+MEMBERS_KEY: Final = "members"
 #: Sorted set: every offset, scored by offset (for ``read``).
 LOG_KEY: Final = "log"
 #: Sorted set: offsets of records without a topic offset, scored by offset (for ``trim``).
@@ -57,8 +60,13 @@ TOPIC_KEY: Final = "topic"
 #: Hash: ``offset`` and ``body`` of the snapshot.
 SNAPSHOT_KEY: Final = "snapshot"
 
-#: A stored record: has-topic flag, topic offset, ``at``; then the body.
-RECORD_HEADER: Final = struct.Struct("<?qd")
+#: A stored record: flags (:data:`HAS_TOPIC`, :data:`HAS_EPOCH`), topic offset, ``at``,
+#: the writer's epoch; then the body.
+RECORD_HEADER: Final = struct.Struct("<Bqdq")
+#: The header of records written before records carried their epoch (flags 0 or 1).
+RECORD_HEADER_V1: Final = struct.Struct("<?qd")
+HAS_TOPIC: Final = 1
+HAS_EPOCH: Final = 2
 #: The most records one ``trim`` script run deletes.
 TRIM_CHUNK: Final = 5000
 #: Seconds to wait for the server on connect and on each command.
@@ -186,6 +194,45 @@ return {1, expires}
 """
 )
 
+# KEYS: members; ARGV: holder ttl_us role has_url url
+_ANNOUNCE = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+    local m = {role = ARGV[3], seen_us = string.format('%.0f', now),
+        expires_us = string.format('%.0f', now + ttl)}
+    if ARGV[4] == '1' then m['url'] = ARGV[5] end
+    redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(m))
+else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+    if tonumber(cjson.decode(all[i + 1])['expires_us']) <= now then
+        redis.call('HDEL', KEYS[1], all[i])
+    end
+end
+return 0
+"""
+)
+
+# KEYS: members -> {now_us, holder, value, holder, value, ...} of unexpired members
+_MEMBERS = (
+    _NOW
+    + """
+local out = {string.format('%.0f', now)}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+    if tonumber(cjson.decode(all[i + 1])['expires_us']) > now then
+        out[#out + 1] = all[i]
+        out[#out + 1] = all[i + 1]
+    end
+end
+return out
+"""
+)
+
 # KEYS: lease; ARGV: epoch
 _RELEASE = """
 if tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') == tonumber(ARGV[1]) then
@@ -204,6 +251,7 @@ class _Keys:
     plain: str
     topic: str
     snapshot: str
+    members: str
 
     @classmethod
     def of(cls, namespace: str) -> _Keys:
@@ -219,19 +267,26 @@ class _Keys:
                     PLAIN_KEY,
                     TOPIC_KEY,
                     SNAPSHOT_KEY,
+                    MEMBERS_KEY,
                 )
             )
         )
 
 
-def _pack(record: Record) -> bytes:
+def _pack(record: Record, epoch: int) -> bytes:
     topic = record.topic
-    return RECORD_HEADER.pack(topic is not None, topic or 0, record.at) + record.body
+    flags = HAS_EPOCH | (HAS_TOPIC if topic is not None else 0)
+    return RECORD_HEADER.pack(flags, topic or 0, record.at, epoch) + record.body
 
 
 def _unpack(offset: bytes, value: bytes) -> Record:
-    has_topic, topic, at = RECORD_HEADER.unpack_from(value)
-    return Record(int(offset), topic if has_topic else None, at, value[RECORD_HEADER.size :])
+    if value[0] & HAS_EPOCH:
+        flags, topic, at, epoch = RECORD_HEADER.unpack_from(value)
+        body = value[RECORD_HEADER.size :]
+    else:
+        flags, topic, at = RECORD_HEADER_V1.unpack_from(value)
+        epoch, body = 0, value[RECORD_HEADER_V1.size :]
+    return Record(int(offset), topic if flags & HAS_TOPIC else None, at, body, epoch)
 
 
 class RedisJournal:
@@ -311,6 +366,8 @@ class RedisJournal:
                 ("acquire", _ACQUIRE),
                 ("renew", _RENEW),
                 ("release", _RELEASE),
+                ("announce", _ANNOUNCE),
+                ("members", _MEMBERS),
             )
         }
         try:
@@ -351,7 +408,7 @@ class RedisJournal:
         first = records[0].offset if records else 0
         args: list[Any] = [epoch, first, len(records)]
         for record in records:
-            args.append(_pack(record))
+            args.append(_pack(record, epoch))
             args.append(b"" if record.topic is None else record.topic)
         k = self.keys
         reply = await self._script(
@@ -438,11 +495,47 @@ class RedisJournal:
             None if url is None else url.decode(),
         )
 
+    # -- membership -------------------------------------------------------------
+
+    async def announce(self, member: Member, ttl: float) -> None:
+        await self._script(
+            "announce",
+            [self.keys.members],
+            [
+                member.holder,
+                max(0, round(ttl * 1e6)),
+                member.role,
+                "0" if member.url is None else "1",
+                member.url or "",
+            ],
+        )
+
+    async def members(self) -> list[Member]:
+        reply = await self._script("members", [self.keys.members], [])
+        now = int(reply[0]) / 1e6
+        members = []
+        for i in range(1, len(reply), 2):
+            value = json.loads(reply[i + 1])
+            seen = int(value["seen_us"]) / 1e6
+            members.append(
+                Member(
+                    reply[i].decode(),
+                    value.get("url"),
+                    value["role"],
+                    seen,
+                    int(value["expires_us"]) / 1e6,
+                    max(0.0, now - seen),
+                )
+            )
+        members.sort(key=lambda m: m.holder)
+        return members
+
 
 __all__ = [
     "KEY_PREFIX",
     "LEASE_KEY",
     "LOG_KEY",
+    "MEMBERS_KEY",
     "META_KEY",
     "PLAIN_KEY",
     "RECORDS_KEY",

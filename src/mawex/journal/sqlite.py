@@ -28,7 +28,7 @@ from typing import Final, Literal, TypeVar
 
 from mawex.errors import FencedOut, JournalError, MawexError
 from mawex.journal import JournalURL, check_batch, check_namespace, load_queries
-from mawex.journal.base import Lease, Record, Snapshot
+from mawex.journal.base import Lease, Member, Record, Snapshot
 
 _T = TypeVar("_T")
 Synchronous = Literal["full", "normal"]
@@ -167,6 +167,14 @@ class SQLiteJournal:
             raise JournalError(f"SQLite journal {self.path}: cannot use WAL mode (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         conn.executescript(_Q["schema"])
+        self._transaction(conn, self._migrate)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a file made by an older mawex up to the current schema."""
+        columns = {row[1] for row in conn.execute(_Q["records_columns"])}
+        if "epoch" not in columns:
+            conn.execute(_Q["add_epoch_column"])
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -188,7 +196,7 @@ class SQLiteJournal:
     async def append(self, records: Sequence[Record], epoch: int) -> None:
         check_batch(records)
         ns = self.namespace
-        rows = [(ns, r.offset, r.topic, r.at, r.body) for r in records]
+        rows = [(ns, r.offset, r.topic, r.at, r.body, epoch) for r in records]
 
         def write(conn: sqlite3.Connection) -> None:
             last, _ = self._write_state(conn, epoch)
@@ -290,6 +298,32 @@ class SQLiteJournal:
         if row is None or row[0] is None:
             return None
         return Lease(row[0], row[1], row[2], row[3])
+
+    # -- membership -------------------------------------------------------------
+
+    async def announce(self, member: Member, ttl: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            params = {
+                "ns": self.namespace,
+                "holder": member.holder,
+                "url": member.url,
+                "role": member.role,
+                "now": now,
+                "expires_at": now + ttl,
+            }
+            conn.execute(_Q["announce"] if ttl > 0 else _Q["withdraw"], params)
+            conn.execute(_Q["prune_members"], {"ns": self.namespace, "now": now})
+
+        await self._run(lambda conn: self._transaction(conn, write))
+
+    async def members(self) -> list[Member]:
+        def read(conn: sqlite3.Connection) -> list[Member]:
+            now = time.time()
+            rows = conn.execute(_Q["members"], (self.namespace, now)).fetchall()
+            return [Member(h, u, r, seen, exp, max(0.0, now - seen)) for h, u, r, seen, exp in rows]
+
+        return await self._run(read)
 
 
 __all__ = ["SQLiteJournal"]

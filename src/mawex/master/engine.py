@@ -24,7 +24,7 @@ from mawex.core import decide, dispatch, timers, views
 from mawex.core import events as ev
 from mawex.core.state import MasterState, WorkerInfo
 from mawex.errors import FencedOut, JournalError, MawexError, NotFound, NotLeader
-from mawex.journal.base import Journal, Lease, Record, Snapshot
+from mawex.journal.base import LEADER, STANDBY, Journal, Lease, Member, Record, Snapshot
 from mawex.master.topic import Topic
 from mawex.model import TaskStatus
 from mawex.wire import worker as wire
@@ -87,6 +87,9 @@ class Engine:
         self.role: Role = "starting"
         self.lease: Lease | None = None
         self.leader_seen: Lease | None = None
+        #: The masters that announced themselves, as last read, and when (by ``clock``).
+        self.members: list[Member] = []
+        self.members_read_at = 0.0
         self.sessions: dict[str, Session] = {}
         self.started_at = clock()
         self.stats: dict[str, float] = {
@@ -313,10 +316,44 @@ class Engine:
                     self._waiters.pop((group, id), None)
         return self.get(group, id)
 
+    def set_members(self, members: list[Member]) -> None:
+        """Record the announced masters just read from the journal (membership loop)."""
+        self.members = members
+        self.members_read_at = self.clock()
+
+    def masters_view(self, now: float) -> list[dict[str, Any]]:
+        """Every master seen recently, this one included, the leader first.
+
+        A master is ``leader`` if it holds the live lease; another that still
+        announces itself as leader (paused, not yet told) shows as ``standby``.
+        """
+        lease = self.lease or self.leader_seen
+        leader = lease.holder if lease is not None and lease.expires_at > now else None
+        since_read = max(0.0, now - self.members_read_at)
+        masters: dict[str, dict[str, Any]] = {}
+        for m in self.members:
+            role = m.role
+            if leader is not None:
+                role = LEADER if m.holder == leader else STANDBY
+            masters[m.holder] = {
+                "url": m.url,
+                "role": role,
+                "holder": m.holder,
+                "seen_s_ago": round(m.seen_s_ago + since_read, 3),
+            }
+        masters[self.holder] = {
+            "url": self.settings.advertise,
+            "role": LEADER if self.is_leader else STANDBY,
+            "holder": self.holder,
+            "seen_s_ago": 0.0,
+        }
+        return sorted(masters.values(), key=lambda m: (m["role"] != LEADER, m["url"] or ""))
+
     def state_view(self) -> dict[str, Any]:
         now = self.clock()
         body = views.state_view(self.state, now)
         lease = self.lease or self.leader_seen
+        masters = self.masters_view(now)
         body.update(
             {
                 "leader": self.is_leader,
@@ -324,8 +361,12 @@ class Engine:
                 "master_id": self.settings.master_id,
                 "role": self.role,
                 "url": self.settings.advertise,
+                "holder": self.holder,
                 "leader_url": self.leader_url,
+                "lease_holder": lease.holder if lease else None,
                 "lease_expires_in_s": round(lease.expires_at - now, 3) if lease else None,
+                "masters": masters,
+                "standbys": [m["url"] or m["holder"] for m in masters if m["role"] == STANDBY],
                 "offset": self.state.offset,
                 "topic_next": self.state.topic_next,
             }

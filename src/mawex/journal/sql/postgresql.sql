@@ -20,14 +20,38 @@ CREATE TABLE IF NOT EXISTS mawex_records (
     topic bigint,
     at double precision NOT NULL,
     body bytea NOT NULL,
+    epoch bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (ns, seq)
 );
+-- databases made before records carried their writer's epoch (checked first: an ALTER
+-- TABLE would lock the table even when it has nothing to do)
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema()
+            AND table_name = 'mawex_records'
+            AND column_name = 'epoch'
+    ) THEN
+        ALTER TABLE mawex_records ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS mawex_records_topic
     ON mawex_records (ns, topic) WHERE topic IS NOT NULL;
 CREATE TABLE IF NOT EXISTS mawex_snapshot (
     ns text PRIMARY KEY,
     seq bigint NOT NULL,
     body bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mawex_members (
+    ns text NOT NULL,
+    holder text NOT NULL,
+    url text,
+    role text NOT NULL,
+    seen_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (ns, holder)
 );
 
 -- name: ensure_lease_row
@@ -49,18 +73,18 @@ SELECT
     (SELECT seq FROM mawex_snapshot WHERE ns = $1);
 
 -- name: insert_records
-INSERT INTO mawex_records (ns, seq, topic, at, body)
-SELECT $1, r.seq, r.topic, r.at, r.body
+INSERT INTO mawex_records (ns, seq, topic, at, body, epoch)
+SELECT $1, r.seq, r.topic, r.at, r.body, $6
 FROM unnest($2::bigint[], $3::bigint[], $4::float8[], $5::bytea[]) AS r (seq, topic, at, body);
 
 -- name: read
-SELECT seq, topic, at, body FROM mawex_records
+SELECT seq, topic, at, body, epoch FROM mawex_records
 WHERE ns = $1 AND seq >= $2
 ORDER BY seq
 LIMIT $3;
 
 -- name: read_topic
-SELECT seq, topic, at, body FROM mawex_records
+SELECT seq, topic, at, body, epoch FROM mawex_records
 WHERE ns = $1 AND topic >= $2
 ORDER BY topic
 LIMIT $3;
@@ -103,3 +127,30 @@ UPDATE mawex_lease SET expires_at = to_timestamp(0) WHERE ns = $1 AND epoch = $2
 -- name: current_lease
 SELECT holder, epoch, extract(epoch FROM expires_at)::float8, url
 FROM mawex_lease WHERE ns = $1;
+
+-- name: announce
+INSERT INTO mawex_members (ns, holder, url, role, seen_at, expires_at)
+VALUES ($1, $2, $3, $4, clock_timestamp(), clock_timestamp() + make_interval(secs => $5))
+ON CONFLICT (ns, holder) DO UPDATE SET
+    url = excluded.url,
+    role = excluded.role,
+    seen_at = excluded.seen_at,
+    expires_at = excluded.expires_at;
+
+-- name: withdraw
+DELETE FROM mawex_members WHERE ns = $1 AND holder = $2;
+
+-- name: prune_members
+DELETE FROM mawex_members WHERE ns = $1 AND expires_at <= clock_timestamp();
+
+-- name: members
+SELECT
+    holder,
+    url,
+    role,
+    extract(epoch FROM seen_at)::float8,
+    extract(epoch FROM expires_at)::float8,
+    greatest(0, extract(epoch FROM clock_timestamp() - seen_at))::float8
+FROM mawex_members
+WHERE ns = $1 AND expires_at > clock_timestamp()
+ORDER BY holder;

@@ -15,6 +15,7 @@ CREATE TABLE IF NOT EXISTS mawex_records (
     topic INTEGER,
     at REAL NOT NULL,
     body BLOB NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (ns, seq)
 );
 CREATE INDEX IF NOT EXISTS mawex_records_topic
@@ -24,6 +25,22 @@ CREATE TABLE IF NOT EXISTS mawex_snapshot (
     seq INTEGER NOT NULL,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mawex_members (
+    ns TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    url TEXT,
+    role TEXT NOT NULL,
+    seen_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (ns, holder)
+);
+
+-- name: records_columns
+PRAGMA table_info(mawex_records);
+
+-- name: add_epoch_column
+-- Files made before records carried their writer's epoch.
+ALTER TABLE mawex_records ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 
 -- name: write_state
 -- The epoch and the last offset, read inside the write transaction.
@@ -36,16 +53,16 @@ SELECT
     (SELECT seq FROM mawex_snapshot WHERE ns = :ns);
 
 -- name: insert_record
-INSERT INTO mawex_records (ns, seq, topic, at, body) VALUES (?, ?, ?, ?, ?);
+INSERT INTO mawex_records (ns, seq, topic, at, body, epoch) VALUES (?, ?, ?, ?, ?, ?);
 
 -- name: read
-SELECT seq, topic, at, body FROM mawex_records
+SELECT seq, topic, at, body, epoch FROM mawex_records
 WHERE ns = ? AND seq >= ?
 ORDER BY seq
 LIMIT ?;
 
 -- name: read_topic
-SELECT seq, topic, at, body FROM mawex_records
+SELECT seq, topic, at, body, epoch FROM mawex_records
 WHERE ns = ? AND topic >= ?
 ORDER BY topic
 LIMIT ?;
@@ -85,3 +102,23 @@ WHERE ns = ? AND epoch = ? AND holder = ?;
 -- name: release_lease
 UPDATE mawex_lease SET expires_at = 0
 WHERE ns = ? AND epoch = ?;
+
+-- name: announce
+INSERT INTO mawex_members (ns, holder, url, role, seen_at, expires_at)
+VALUES (:ns, :holder, :url, :role, :now, :expires_at)
+ON CONFLICT (ns, holder) DO UPDATE SET
+    url = excluded.url,
+    role = excluded.role,
+    seen_at = excluded.seen_at,
+    expires_at = excluded.expires_at;
+
+-- name: withdraw
+DELETE FROM mawex_members WHERE ns = :ns AND holder = :holder;
+
+-- name: prune_members
+DELETE FROM mawex_members WHERE ns = :ns AND expires_at <= :now;
+
+-- name: members
+SELECT holder, url, role, seen_at, expires_at FROM mawex_members
+WHERE ns = ? AND expires_at > ?
+ORDER BY holder;
