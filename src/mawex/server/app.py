@@ -14,11 +14,12 @@ from mawex.server import ops, results, tasks, worker_ws
 from mawex.server.responses import error_response, mawex_error_handler
 from mawex.wire.api import ApiLimits
 
-OPEN_PATHS = frozenset({"/healthz"})
+#: No token needed: liveness, and the page shells that ask for the token (they hold no data).
+OPEN_PATHS = frozenset({"/healthz"}) | ops.PAGE_PATHS
 
 
 class BearerAuth:
-    """Requires ``Authorization: Bearer <token>`` on every path but ``/healthz``."""
+    """Requires ``Authorization: Bearer <token>`` on every path but :data:`OPEN_PATHS`."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
@@ -53,7 +54,10 @@ def create_app(
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/", ops.dashboard, methods=["GET"]),
+        Route("/docs", ops.docs, methods=["GET"]),
+        Route("/openapi.json", ops.openapi_json, methods=["GET"]),
     ]
+    ops.instrument(engine)
     app = Starlette(routes=routes, exception_handlers={MawexError: mawex_error_handler})
     app.state.engine = engine
     app.state.api_limits = api_limits or ApiLimits()

@@ -1,65 +1,176 @@
-"""Prometheus metrics, read from the engine at scrape time (no double bookkeeping)."""
+"""Prometheus metrics of one master.
+
+Two sources, no double bookkeeping:
+
+- counters and gauges are read from the engine state at scrape time
+  (:class:`EngineCollector`): the per-group counts are folded from journal events,
+  so they survive restarts and failovers and agree on every master;
+- latency and batch-size histograms are fed by an engine observer
+  (:meth:`EngineMetrics.observe`), called once after each journal commit with the
+  events it made durable. Only a leader commits, so histograms describe the time
+  this process has been leading.
+
+Names follow Prometheus conventions: ``mawex_…_total`` counters, ``_seconds``
+durations. See ``docs/operations.md`` for the full list.
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from mawex.core import events as ev
 from mawex.master.engine import Engine
 
-_TASK_COUNTERS = {
-    "accepted": "Tasks accepted",
-    "scheduled": "Attempts dispatched to a worker",
-    "completed": "Tasks completed",
-    "failed": "Tasks failed after their last attempt",
-    "retried": "Attempts that failed and were retried",
-    "requeued": "Attempts handed back by a worker on check-out",
-    "cancelled": "Tasks cancelled",
-    "expired": "Tasks expired while pending",
+#: ``mawex_tasks_<name>_total`` counters: metric name → (state counter, help).
+TASK_COUNTERS: dict[str, tuple[str, str]] = {
+    "accepted": ("accepted", "Tasks accepted (duplicates are not counted)"),
+    "started": ("scheduled", "Attempts dispatched to a worker (scheduled events)"),
+    "completed": ("completed", "Tasks completed with a result"),
+    "failed": ("failed", "Tasks failed after their last attempt"),
+    "retried": ("retried", "Attempts that failed and were retried"),
+    "requeued": ("requeued", "Attempts handed back unfinished by a worker checking out"),
+    "cancelled": ("cancelled", "Tasks cancelled"),
+    "expired": ("expired", "Tasks expired while pending"),
 }
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+APPEND_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+_TERMINAL = (ev.Completed, ev.Failed, ev.Cancelled, ev.Expired)
 
 
 class EngineCollector(Collector):
-    """Exposes one engine's state."""
+    """Counters and gauges read from one engine's state at scrape time."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        engine = self.engine
-        state = engine.state
-        for name, help_text in _TASK_COUNTERS.items():
+        yield from self._tasks()
+        yield from self._workers()
+        yield from self._master()
+
+    def _tasks(self) -> Iterator[Metric]:
+        state = self.engine.state
+        by_group = sorted(state.counts_by_group.items())
+        for name, (counter, help_text) in TASK_COUNTERS.items():
             family = CounterMetricFamily(f"mawex_tasks_{name}", help_text, labels=["group"])
-            for group, counts in sorted(state.counts_by_group.items()):
-                family.add_metric([group], counts[name])
+            for group, counts in by_group:
+                family.add_metric([group], counts[counter])
             yield family
-        pending = GaugeMetricFamily("mawex_tasks_pending", "Pending tasks", labels=["group"])
-        running = GaugeMetricFamily("mawex_tasks_running", "Running tasks", labels=["group"])
-        for group in sorted(state.groups()):
+        pending = GaugeMetricFamily(
+            "mawex_tasks_pending", "Tasks waiting for a worker", labels=["group"]
+        )
+        running = GaugeMetricFamily(
+            "mawex_tasks_running", "Tasks running on a worker", labels=["group"]
+        )
+        groups = state.groups() | set(state.counts_by_group)
+        for group in sorted(groups):
             pending.add_metric([group], state.pending_count(group))
             running.add_metric([group], state.running[group])
         yield pending
         yield running
+        yield GaugeMetricFamily(
+            "mawex_tasks_retained",
+            "Tasks the master remembers (pending, running and finished within retention)",
+            value=len(state.tasks),
+        )
+
+    def _workers(self) -> Iterator[Metric]:
+        state = self.engine.state
         workers = GaugeMetricFamily(
-            "mawex_workers", "Connected workers", labels=["group", "pod", "status"]
+            "mawex_workers",
+            "Workers known to this master, by status (idle, busy, draining, disconnected)",
+            labels=["group", "pod", "status"],
         )
         tally: dict[tuple[str, str, str], int] = {}
+        pods: set[str] = set(state.occupancy)
         for w in state.workers.values():
-            status = "disconnected" if not w.connected else ("busy" if w.task else "idle")
+            pods.add(w.pod)
+            if not w.connected:
+                status = "disconnected"
+            elif w.task is None:
+                status = "idle"
+            else:
+                status = "draining" if w.zombie else "busy"
             tally[(w.group, w.pod, status)] = tally.get((w.group, w.pod, status), 0) + 1
         for labels, count in sorted(tally.items()):
             workers.add_metric(list(labels), count)
         yield workers
-        yield GaugeMetricFamily("mawex_leader", "1 on the leader", value=int(engine.is_leader))
-        yield GaugeMetricFamily("mawex_epoch", "Leader epoch this master knows", value=engine.epoch)
-        yield GaugeMetricFamily(
-            "mawex_journal_offset", "Last applied journal offset", value=state.offset
-        )
+        busy = GaugeMetricFamily("mawex_pod_busy", "1 while a task runs in the pod", labels=["pod"])
+        for pod in sorted(pods):
+            busy.add_metric([pod], int(state.pod_busy(pod)))
+        yield busy
+
+    def _master(self) -> Iterator[Metric]:
+        engine = self.engine
         stats = engine.stats
+        info = GaugeMetricFamily(
+            "mawex_master_info", "This master's identity", labels=["master_id", "role"]
+        )
+        info.add_metric([engine.settings.master_id, engine.role], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "mawex_leader", "1 on the leader, 0 on a standby", value=int(engine.is_leader)
+        )
+        yield GaugeMetricFamily(
+            "mawex_epoch", "Leader epoch (fencing token) this master knows", value=engine.epoch
+        )
+        yield GaugeMetricFamily(
+            "mawex_journal_offset", "Last journal offset applied", value=engine.state.offset
+        )
+        yield GaugeMetricFamily(
+            "mawex_topic_next_offset",
+            "Offset the next result-topic event will get",
+            value=engine.state.topic_next,
+        )
+        yield GaugeMetricFamily(
+            "mawex_topic_waiters",
+            "Result-topic readers waiting for new events",
+            value=engine.topic.subscribers,
+        )
         yield CounterMetricFamily(
             "mawex_journal_appends", "Journal append transactions", value=stats["appends"]
         )
@@ -67,22 +178,105 @@ class EngineCollector(Collector):
             "mawex_journal_appended_events", "Events appended", value=stats["appended_events"]
         )
         yield CounterMetricFamily(
-            "mawex_journal_append_seconds", "Time spent appending", value=stats["append_seconds"]
+            "mawex_journal_append_seconds",
+            "Time spent appending to the journal",
+            value=stats["append_seconds"],
         )
         yield CounterMetricFamily(
-            "mawex_lease_renewals", "Lease renewals", value=stats["lease_renewals"]
+            "mawex_lease_renewals", "Leader lease renewals", value=stats["lease_renewals"]
         )
         yield CounterMetricFamily(
-            "mawex_leader_elections", "Times this master became leader", value=stats["failovers"]
+            "mawex_failovers",
+            "Times this master took the leader lease (its first election counts too)",
+            value=stats["failovers"],
         )
         yield CounterMetricFamily("mawex_snapshots", "Snapshots saved", value=stats["snapshots"])
 
 
+class EngineMetrics:
+    """The registry of one master: collector, histograms, and the observer feeding them."""
+
+    def __init__(self, engine: Engine, *, process: bool = True) -> None:
+        self.engine = engine
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(EngineCollector(engine))
+        if process:
+            ProcessCollector(registry=self.registry)
+        self.dispatch_latency = Histogram(
+            "mawex_dispatch_latency_seconds",
+            "Time a task waited to be dispatched: accepted (or requeued) → scheduled",
+            ["group"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.end_to_end_latency = Histogram(
+            "mawex_end_to_end_latency_seconds",
+            "Time from acceptance to the terminal result",
+            ["group", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.append_latency = Histogram(
+            "mawex_journal_append_duration_seconds",
+            "Duration of one journal append transaction (group commit)",
+            buckets=APPEND_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "mawex_journal_append_batch_events",
+            "Events per journal append transaction",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._append_seconds = float(engine.stats["append_seconds"])
+        # when a retried or requeued task became pending again (first attempts use accepted_at)
+        self._pending_since: dict[tuple[str, str], float] = {}
+        engine.observers.append(self.observe)
+
+    def observe(self, events: list[ev.Event], now: float) -> None:
+        """Engine observer: called after each commit with the events it made durable."""
+        total = float(self.engine.stats["append_seconds"])
+        self.append_latency.observe(max(0.0, total - self._append_seconds))
+        self._append_seconds = total
+        self.batch_size.observe(len(events))
+        tasks = self.engine.state.tasks
+        pending_since = self._pending_since
+        for event in events:
+            if isinstance(event, ev.Scheduled):
+                key = (event.group, event.id)
+                since = pending_since.pop(key, None)
+                if since is None and event.attempt == 1:
+                    record = tasks.get(key)
+                    since = record.accepted_at if record is not None else None
+                if since is not None:
+                    self.dispatch_latency.labels(event.group).observe(max(0.0, event.at - since))
+            elif isinstance(event, ev.Retrying | ev.Requeued):
+                pending_since[(event.group, event.id)] = event.at
+            elif isinstance(event, _TERMINAL):
+                key = (event.group, event.id)
+                pending_since.pop(key, None)
+                record = tasks.get(key)
+                if record is not None:
+                    self.end_to_end_latency.labels(event.group, ev.type_of(event)).observe(
+                        max(0.0, event.at - record.accepted_at)
+                    )
+
+    def render(self) -> tuple[bytes, str]:
+        """The metrics page and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+_installed: weakref.WeakKeyDictionary[Engine, EngineMetrics] = weakref.WeakKeyDictionary()
+
+
+def install(engine: Engine) -> EngineMetrics:
+    """The engine's metrics, created (and its observer registered) once per engine."""
+    metrics = _installed.get(engine)
+    if metrics is None:
+        metrics = _installed[engine] = EngineMetrics(engine)
+    return metrics
+
+
 def render(engine: Engine) -> tuple[bytes, str]:
-    """The metrics page and its content type."""
-    registry = getattr(engine, "_metrics_registry", None)
-    if registry is None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(EngineCollector(engine))
-        engine._metrics_registry = registry  # type: ignore[attr-defined]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    """The metrics page of ``engine`` and its content type."""
+    return install(engine).render()
