@@ -229,9 +229,18 @@ def free(state: MasterState, w: WorkerInfo, msg: wire.Free, now: float) -> None:
 
 
 def bye(state: MasterState, w: WorkerInfo, msg: wire.Bye, now: float) -> None:
-    """Clean check-out, optionally handing the running attempt back."""
-    if msg.handback is not None:
-        ref = msg.handback
+    """Clean check-out: the attempt the worker holds goes back to the queue, unfailed.
+
+    A worker says ``bye`` only once it runs nothing but the attempt it hands back
+    (its earlier results come first on the same connection). An attempt assigned
+    to it that it does not hand back was sent while the ``bye`` was on its way:
+    the worker never started it, so it is requeued too, not failed.
+    """
+    slot = state.occupancy.get(w.pod)
+    refs = [msg.handback] if msg.handback is not None else []
+    if slot is not None and slot.worker == w.id:
+        refs.append(wire.AttemptRef(group=slot.group, id=slot.id, attempt=slot.attempt))
+    for ref in refs:
         record = _running_attempt(state, w.id, ref.group, ref.id, ref.attempt)
         if record is not None:
             state.emit(
