@@ -116,21 +116,30 @@ class RawHttp:
     """A minimal keep-alive HTTP/1.1 client on asyncio streams (Content-Length bodies only).
 
     It costs the benchmark process a fraction of what httpx does per request, so
-    that on a 2-core machine the client steals less CPU from the master.
+    that on a 2-core machine the client steals less CPU from the master. A
+    connection idle for longer than :attr:`IDLE_S` is dropped (uvicorn closes
+    them after 5 s), and a request whose reused connection turns out closed is
+    sent once more on a fresh one (every request of the benchmark is idempotent).
     """
+
+    IDLE_S = 3.0
 
     def __init__(self, base: str, connections: int) -> None:
         host_port = base.split("://", 1)[1].rstrip("/")
         host, _, port = host_port.rpartition(":")
         self._host, self._port = host, int(port)
         self._host_header = host_port.encode()
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._all: list[asyncio.StreamWriter] = []
         self._slots = asyncio.Semaphore(connections)
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._idle:
-            return self._idle.pop()
+    async def _connection(self, fresh: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self._idle and not fresh:
+            reader, writer, since = self._idle.pop()
+            if now - since < self.IDLE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
         reader, writer = await asyncio.open_connection(self._host, self._port)
         self._all.append(writer)
         return reader, writer
@@ -138,16 +147,24 @@ class RawHttp:
     async def request(
         self, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
     ) -> tuple[int, bytes]:
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
+            method.encode(),
+            path.encode(),
+            self._host_header,
+        )
+        if body is not None:
+            head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+        data = head + b"\r\n" + (body or b"")
         async with self._slots:
-            reader, writer = await self._connection()
-            head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
-                method.encode(),
-                path.encode(),
-                self._host_header,
-            )
-            if body is not None:
-                head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-            writer.write(head + b"\r\n" + (body or b""))
+            try:
+                return await self._exchange(data, timeout, fresh=False)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return await self._exchange(data, timeout, fresh=True)
+
+    async def _exchange(self, data: bytes, timeout: float, fresh: bool) -> tuple[int, bytes]:
+        reader, writer = await self._connection(fresh)
+        try:
+            writer.write(data)
             async with asyncio.timeout(timeout):
                 response = await reader.readuntil(b"\r\n\r\n")
                 status = int(response[9:12])
@@ -157,11 +174,14 @@ class RawHttp:
                     raise RuntimeError(f"no content-length in {response!r}")
                 end = lower.index(b"\r\n", at + 2)
                 content = await reader.readexactly(int(lower[at + 17 : end]))
-            if b"\r\nconnection: close" in lower:
-                writer.close()
-            else:
-                self._idle.append((reader, writer))
-            return status, content
+        except BaseException:
+            writer.close()
+            raise
+        if b"\r\nconnection: close" in lower:
+            writer.close()
+        else:
+            self._idle.append((reader, writer, time.monotonic()))
+        return status, content
 
     async def aclose(self) -> None:
         for writer in self._all:
