@@ -14,6 +14,7 @@ __all__ = ["Outcome", "Sandbox", "create_sandbox", "known_kinds"]
 #: Sandbox kinds and the ``module:class`` implementing each, imported on first use.
 _KINDS: dict[str, str] = {
     "local": "mawex.sandbox.local:LocalSandbox",
+    "forked": "mawex.sandbox.forked:ForkedSandbox",
     "k8s": "mawex.sandbox.k8s:K8sSandbox",
 }
 

@@ -42,6 +42,7 @@ from mawex.errors import MawexError
 from mawex.model import Task
 from mawex.sandbox.executor_ref import Executor, format_error, load_executor
 from mawex.wire.executor import (
+    FRAME_HEADER,
     AckFrame,
     Register,
     Reject,
@@ -49,6 +50,7 @@ from mawex.wire.executor import (
     TaskFrame,
     decode_worker_frame,
     encode,
+    split_connect_url,
 )
 
 __all__ = [
@@ -80,20 +82,42 @@ CONTROL_MAX = 64 * 1024
 # -- the task process -------------------------------------------------------------------
 
 
+_libc: Any = None
+
+
+def _load_libc() -> Any:
+    global _libc
+    if _libc is None and sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
+    return _libc
+
+
 def set_parent_death_signal(sig: int) -> bool:
     """Ask Linux to send ``sig`` to this process when its parent dies (PR_SET_PDEATHSIG).
 
     Returns False where unsupported (not Linux, or prctl unavailable).
     """
-    if not sys.platform.startswith("linux"):
+    libc = _load_libc()
+    if not libc:
         return False
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(1, int(sig), 0, 0, 0)) == 0  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
+
+
+def preload() -> None:
+    """Import what a task process needs, so that forked children find it loaded."""
+    import resource  # noqa: F401
+
+    import websockets.sync.client  # noqa: F401
+
+    _load_libc()
 
 
 def apply_memory_limit(memory_mb: int) -> None:
@@ -155,6 +179,74 @@ def execute(
         )
 
 
+class _WebSocket:
+    """The ``ws://`` transport: one JSON text frame per message."""
+
+    def __init__(self, url: str, open_timeout: float, max_frame: int) -> None:
+        from websockets.exceptions import ConnectionClosed, WebSocketException
+        from websockets.sync.client import connect
+
+        self._closed = ConnectionClosed
+        try:
+            self.ws = connect(
+                url,
+                open_timeout=open_timeout,
+                close_timeout=1,
+                max_size=max_frame,
+                compression=None,
+            ).__enter__()  # the caller's try/finally is the with-block: close() below
+        except WebSocketException as exc:
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.ws.send(data, text=True)
+        except self._closed as exc:
+            raise ConnectionResetError(str(exc)) from None
+
+    def recv(self, timeout: float) -> bytes | str:
+        try:
+            return self.ws.recv(timeout=timeout)
+        except self._closed as exc:
+            raise ConnectionResetError(str(exc)) from None
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+class _InheritedSocket:
+    """The ``fd://N`` transport: an inherited stream socket, length-prefixed frames."""
+
+    def __init__(self, fd: int, max_frame: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(True)
+        self.max_frame = max_frame
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(FRAME_HEADER.pack(len(data)) + data)
+
+    def recv(self, timeout: float) -> bytes:
+        self.sock.settimeout(timeout)
+        (size,) = FRAME_HEADER.unpack(self._exactly(FRAME_HEADER.size))
+        if size > self.max_frame:
+            raise OSError(f"frame of {size} bytes over the limit of {self.max_frame}")
+        return self._exactly(size)
+
+    def _exactly(self, size: int) -> bytes:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise ConnectionResetError("the worker closed the connection")
+            got += n
+        return bytes(buffer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def run_task(
     url: str,
     *,
@@ -165,38 +257,34 @@ def run_task(
     open_timeout: float = 10.0,
     max_frame: int = 64 * 1024 * 1024,
 ) -> int:
-    """Connect to ``url`` (``ws://.../v1/executor?secret=S``), run its task, report; exit code.
+    """Connect to ``url``, run its task, report; the process's exit code.
 
-    ``executor`` (built with ``preloaded_args``) is used when the task names it.
-    Problems of the channel itself are printed to stderr: the worker shows its tail.
+    ``url`` is ``ws(s)://host:port/v1/executor?secret=S`` or ``fd://N?secret=S`` (an
+    inherited, connected stream socket). ``executor`` (built with
+    ``preloaded_args``) is used when the task names it. Problems of the channel
+    itself are printed to stderr: the worker shows its tail.
     """
-    from websockets.exceptions import ConnectionClosed, WebSocketException
-    from websockets.sync.client import connect
-
-    from mawex.sandbox.connect_back import split_connect_url
-
     try:
         base, secret = split_connect_url(url)
     except ValueError as exc:
         print(f"mawex executor: {exc}", file=sys.stderr)
         return EXIT_CHANNEL
+    channel: _WebSocket | _InheritedSocket
     try:
-        ws = connect(
-            base,
-            open_timeout=open_timeout,
-            close_timeout=1,
-            max_size=max_frame,
-            compression=None,
-        )
-    except (OSError, TimeoutError, WebSocketException) as exc:
+        if base.startswith("fd://"):
+            channel = _InheritedSocket(int(base[5:]), max_frame)
+        else:
+            channel = _WebSocket(base, open_timeout, max_frame)
+    except (OSError, TimeoutError) as exc:
         print(f"mawex executor: cannot connect to {base}: {exc}", file=sys.stderr)
         return EXIT_CHANNEL
     try:
-        ws.send(encode(Register(secret=secret, pid=os.getpid())), text=True)
-        frame = decode_worker_frame(ws.recv(timeout=open_timeout))
+        channel.send(encode(Register(secret=secret, pid=os.getpid())))
+        frame = decode_worker_frame(channel.recv(open_timeout))
         if isinstance(frame, Reject):
             print(
-                f"mawex executor: the worker refused this executor: {frame.reason}", file=sys.stderr
+                f"mawex executor: the worker refused this executor: {frame.reason}",
+                file=sys.stderr,
             )
             return EXIT_REJECTED
         if not isinstance(frame, TaskFrame):
@@ -205,20 +293,20 @@ def run_task(
         if executor is not None and dict(preloaded_args or {}) != frame.args:
             executor = None  # built with other --args: load the one the task names
         result = execute(frame, executor, memory_mb=memory_mb, chdir=chdir)
-        ws.send(encode(result), text=True)
-        reply = decode_worker_frame(ws.recv(timeout=30))
+        channel.send(encode(result))
+        reply = decode_worker_frame(channel.recv(30.0))
         if not isinstance(reply, AckFrame):
             print(f"mawex executor: expected an ack, got {reply!r}", file=sys.stderr)
             return EXIT_CHANNEL
         return EXIT_OK
-    except (ConnectionClosed, TimeoutError, OSError) as exc:
+    except (TimeoutError, OSError) as exc:
         print(f"mawex executor: connection to the worker lost: {exc}", file=sys.stderr)
         return EXIT_CHANNEL
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         print(f"mawex executor: invalid frame from the worker: {exc}", file=sys.stderr)
         return EXIT_CHANNEL
     finally:
-        ws.close()
+        channel.close()
 
 
 def exit_now(code: int) -> None:
@@ -239,10 +327,16 @@ class _Control(msgspec.Struct, frozen=True, tag_field="op"):
 
 
 class RunRequest(_Control, frozen=True, tag="run"):
-    """Worker → zygote: start a child for the attempt of ``url`` (the output pipe rides along)."""
+    """Worker → zygote: start a child for one attempt.
+
+    The write end of the child's output pipe rides along (SCM_RIGHTS), then, when
+    ``url`` is None, the child's end of a socket pair: the child connects to
+    ``fd://<that fd>?secret=<secret>``. Otherwise it connects to ``url``.
+    """
 
     n: int
-    url: str
+    url: str | None = None
+    secret: str | None = None
 
 
 class Ready(_Control, frozen=True, tag="ready"):
@@ -386,31 +480,46 @@ class _Zygote:
                 os.close(fd)
             return True
         if isinstance(message, RunRequest):
-            self._fork(message, fds[0] if fds else None)
-            for fd in fds[1:]:
+            self._fork(message, fds)
+        else:
+            for fd in fds:
                 os.close(fd)
         return True
 
-    def _fork(self, request: RunRequest, output: int | None) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            if output is not None:
-                os.close(output)
-            self.send(Started(n=request.n, error=f"fork failed: {exc}"))
+    def _fork(self, request: RunRequest, fds: list[int]) -> None:
+        error = None
+        if not fds:
+            error = "no output pipe came with the request"
+        elif request.url is None and (len(fds) < 2 or not request.secret):
+            error = "no channel socket or secret came with the request"
+        if error is None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                error = f"fork failed: {exc}"
+            else:
+                if pid == 0:  # the child: never returns
+                    self._child(request, fds)
+        for fd in fds:
+            os.close(fd)
+        if error is not None:
+            self.send(Started(n=request.n, error=error))
             return
-        if pid == 0:  # the child: never returns
-            self._child(request, output)
-        if output is not None:
-            os.close(output)
         self.children.add(pid)
         self.send(Started(n=request.n, pid=pid))
 
-    def _child(self, request: RunRequest, output: int | None) -> None:
+    def _child(self, request: RunRequest, fds: list[int]) -> None:
         code = EXIT_CHANNEL
         try:
+            output = fds[0]
+            if request.url is None:
+                url = f"fd://{fds[1]}?secret={request.secret}"
+            else:
+                url = request.url
+            for fd in fds[2:]:
+                os.close(fd)
             zygote = os.getppid()
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -420,18 +529,19 @@ class _Zygote:
             os.close(self.wake_r)
             os.close(self.wake_w)
             os.setsid()
-            if output is not None:
-                os.dup2(output, 1)
-                os.dup2(output, 2)
-                os.close(output)
+            os.dup2(output, 1)
+            os.dup2(output, 2)
+            os.close(output)
             set_parent_death_signal(signal.SIGKILL)
             if os.getppid() != zygote:  # the zygote died before the signal was armed
                 os._exit(EXIT_CHANNEL)
             if self.spawn:
-                self._exec(request.url)
+                if request.url is None:
+                    os.set_inheritable(fds[1], True)
+                self._exec(url)
             faulthandler.enable()
             code = run_task(
-                request.url,
+                url,
                 executor=self.executor,
                 preloaded_args=self.args,
                 memory_mb=self.memory_mb,
@@ -524,6 +634,7 @@ def zygote_main(
     """
     control = socket.socket(fileno=control_fd)
     control.setblocking(True)
+    preload()
     set_parent_death_signal(signal.SIGTERM)
     if parent_pid is not None and os.getppid() != parent_pid:
         return EXIT_CHANNEL  # the worker is already gone

@@ -17,6 +17,12 @@ spent secret is answered with ``reject``. The secret travels in the URL's query
 (``?secret=...``) for the process's command line, but the executor sends it only
 inside its ``register`` frame, never in the HTTP request.
 
+A worker that starts the executor process itself can skip the network: with
+:meth:`ConnectBackServer.attach` it serves the same frames on one end of a socket
+pair and passes the other end to the process, whose URL is then ``fd://N?secret=S``
+(see :mod:`mawex.wire.executor`). The forked sandbox does this; ``start()`` (the
+listening WebSocket server) is needed only for ``ws://`` URLs.
+
 This module knows nothing of processes: telling "the executor crashed" from "the
 executor reported a failure" is the sandbox's job, with :class:`ChildLost` as the
 hint that the channel ended early.
@@ -27,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -37,6 +44,7 @@ from websockets.exceptions import ConnectionClosed
 
 from mawex.sandbox.base import Outcome
 from mawex.wire.executor import (
+    FRAME_HEADER,
     AckFrame,
     Log,
     Register,
@@ -45,6 +53,7 @@ from mawex.wire.executor import (
     TaskFrame,
     decode_executor_frame,
     encode,
+    split_connect_url,
 )
 
 __all__ = [
@@ -68,24 +77,6 @@ class ChildLost(Exception):
     """The executor's channel ended without a result (the process died, or broke the protocol)."""
 
 
-def split_connect_url(url: str) -> tuple[str, str]:
-    """``ws://h:p/v1/executor?secret=S`` → ``("ws://h:p/v1/executor", "S")``.
-
-    Raises ValueError when the URL is not ``ws(s)://`` or carries no secret.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"invalid connect URL {url!r}: expected ws://host:port/...?secret=...")
-    secret = ""
-    for item in parts.query.split("&"):
-        key, _, value = item.partition("=")
-        if key == "secret":
-            secret = value
-    if not secret:
-        raise ValueError(f"invalid connect URL {url!r}: no secret")
-    return parts._replace(query="", fragment="").geturl(), secret
-
-
 class Expectation:
     """One attempt the server waits for: ``await expectation`` gives its :class:`Outcome`.
 
@@ -100,7 +91,7 @@ class Expectation:
     def __init__(self, server: ConnectBackServer, secret: str, task: TaskFrame) -> None:
         loop = asyncio.get_running_loop()
         self._server = server
-        self._connection: ServerConnection | None = None
+        self._connection: _Channel | None = None
         self.secret = secret
         self.task = task
         self.registered: asyncio.Future[int] = loop.create_future()
@@ -175,6 +166,7 @@ class ConnectBackServer:
         self._pending: dict[str, Expectation] = {}
         self._active: dict[str, Expectation] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        self._streams: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -183,7 +175,7 @@ class ConnectBackServer:
         if self._server is not None:
             return
         self._server = await serve(
-            self._handle,
+            self._handle_ws,
             self.host,
             self.port,
             max_size=self.max_frame,
@@ -213,6 +205,11 @@ class ConnectBackServer:
         if server is not None:
             server.close(close_connections=True)
             await server.wait_closed()
+        streams = list(self._streams)
+        for stream in streams:
+            stream.cancel()
+        if streams:
+            await asyncio.wait(streams)
         self._active.clear()
 
     async def __aenter__(self) -> ConnectBackServer:
@@ -259,7 +256,7 @@ class ConnectBackServer:
         expectation._abandon()
         connection = expectation._connection
         if connection is not None:
-            closing = asyncio.ensure_future(connection.close(code=1000, reason="attempt over"))
+            closing = asyncio.ensure_future(connection.close(1000, "attempt over"))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 
@@ -268,88 +265,200 @@ class ConnectBackServer:
         """How many expectations are registered or pending."""
         return len(self._pending) + len(self._active)
 
+    # -- inherited stream sockets ---------------------------------------------------
+
+    def attach(self, sock: socket.socket) -> None:
+        """Serve the protocol on ``sock``, a connected stream socket whose peer is an executor.
+
+        This is the ``fd://`` transport (see :mod:`mawex.wire.executor`): the worker
+        creates a socket pair, keeps one end here and hands the other to the process
+        it starts, which registers on it like on a WebSocket. Needs no :meth:`start`.
+        """
+        task = asyncio.ensure_future(self._handle_stream(sock))
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+
+    async def _handle_stream(self, sock: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        except OSError:
+            sock.close()
+            return
+        channel = _StreamChannel(reader, writer, self.max_frame)
+        try:
+            await self._handle(channel)
+        finally:
+            await channel.close(1000, "done")
+
     # -- the connection handler -------------------------------------------------------
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle_ws(self, ws: ServerConnection) -> None:
         if ws.request is None or urlsplit(ws.request.path).path != CONNECT_PATH:
             await ws.close(code=1008, reason="unknown path")
             return
+        await self._handle(_WebSocketChannel(ws))
+
+    async def _handle(self, channel: _Channel) -> None:
         try:
             async with asyncio.timeout(self.register_timeout):
-                first = await ws.recv()
-        except (TimeoutError, ConnectionClosed):
-            await ws.close(code=1008, reason="no register frame")
+                first = await channel.recv()
+        except (TimeoutError, _Closed):
+            await channel.close(1008, "no register frame")
             return
         try:
             frame = decode_executor_frame(first)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._reject(ws, f"invalid register frame: {exc}")
+            await self._reject(channel, f"invalid register frame: {exc}")
             return
         if not isinstance(frame, Register):
-            await self._reject(ws, f"expected a register frame, got {type(frame).__name__}")
+            await self._reject(channel, f"expected a register frame, got {type(frame).__name__}")
             return
         expectation = self._pending.pop(frame.secret, None)
         if expectation is None or expectation.done:
-            await self._reject(ws, "unknown or already used secret")
+            await self._reject(channel, "unknown or already used secret")
             return
         self._active[frame.secret] = expectation
-        expectation._connection = ws
+        expectation._connection = channel
         try:
-            await self._serve(ws, expectation, frame)
+            await self._serve(channel, expectation, frame)
         finally:
             self._active.pop(frame.secret, None)
             expectation._connection = None
 
-    async def _reject(self, ws: ServerConnection, reason: str) -> None:
+    async def _reject(self, channel: _Channel, reason: str) -> None:
         log.warning(
             "connect-back registration refused",
-            extra={"action": "connect_back_reject", "reason": reason, "peer": _peer(ws)},
+            extra={"action": "connect_back_reject", "reason": reason, "peer": channel.peer},
         )
         try:
-            await ws.send(encode(Reject(reason=reason)), text=True)
-        except ConnectionClosed:
+            await channel.send(encode(Reject(reason=reason)))
+        except _Closed:
             pass
-        await ws.close(code=1008, reason="rejected")
+        await channel.close(1008, "rejected")
 
-    async def _serve(self, ws: ServerConnection, expectation: Expectation, reg: Register) -> None:
+    async def _serve(self, channel: _Channel, expectation: Expectation, reg: Register) -> None:
         try:
-            await ws.send(encode(expectation.task), text=True)
-        except ConnectionClosed as exc:
-            expectation._finish(lost=f"connection lost before the task was sent ({_why(exc)})")
+            await channel.send(encode(expectation.task))
+        except _Closed as exc:
+            expectation._finish(lost=f"connection lost before the task was sent ({exc})")
             return
         if not expectation.registered.done():
             expectation.registered.set_result(reg.pid)
-        try:
-            async for data in ws:
+        while True:
+            try:
+                data = await channel.recv()
+            except _Closed as exc:
+                expectation._finish(lost=f"connection lost before a result ({exc})")
+                return
+            try:
+                frame = decode_executor_frame(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                expectation._finish(lost=f"protocol error: invalid frame: {exc}")
+                await channel.close(1002, "invalid frame")
+                return
+            if isinstance(frame, Log):
+                self._log_line(expectation.secret, frame.line)
+            elif isinstance(frame, Result):
+                expectation._finish(_outcome(frame))
                 try:
-                    frame = decode_executor_frame(data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    expectation._finish(lost=f"protocol error: invalid frame: {exc}")
-                    await ws.close(code=1002, reason="invalid frame")
-                    return
-                if isinstance(frame, Log):
-                    self._log_line(expectation.secret, frame.line)
-                elif isinstance(frame, Result):
-                    expectation._finish(_outcome(frame))
-                    try:
-                        await ws.send(encode(AckFrame()), text=True)
-                    except ConnectionClosed:
-                        pass  # the result is in: whether the executor hears the ack is moot
-                    return
-                else:
-                    expectation._finish(lost="protocol error: register frame sent twice")
-                    await ws.close(code=1002, reason="unexpected frame")
-                    return
-        except ConnectionClosed as exc:
-            expectation._finish(lost=f"connection lost before a result ({_why(exc)})")
-            return
-        expectation._finish(lost="connection closed before a result")
+                    await channel.send(encode(AckFrame()))
+                except _Closed:
+                    pass  # the result is in: whether the executor hears the ack is moot
+                return
+            else:
+                expectation._finish(lost="protocol error: register frame sent twice")
+                await channel.close(1002, "unexpected frame")
+                return
 
     def _log_line(self, secret: str, line: str) -> None:
         if self.on_log is not None:
             self.on_log(secret, line)
         else:
             log.info(line, extra={"action": "executor_log"})
+
+
+class _Closed(Exception):
+    """The channel is closed; the message says how."""
+
+
+class _Channel(Protocol):
+    """One executor connection: a WebSocket or an inherited stream socket."""
+
+    peer: str
+
+    async def recv(self) -> bytes | str:
+        """The next frame; raises _Closed."""
+
+    async def send(self, data: bytes) -> None:
+        """Send one frame; raises _Closed."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection (idempotent)."""
+
+
+class _WebSocketChannel:
+    """A connect-back WebSocket."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.peer = _peer(ws)
+
+    async def recv(self) -> bytes | str:
+        try:
+            return await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise _Closed(_why(exc)) from None
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.ws.send(data, text=True)
+        except ConnectionClosed as exc:
+            raise _Closed(_why(exc)) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, reason=reason)
+
+
+class _StreamChannel:
+    """An inherited stream socket: length-prefixed frames (the ``fd://`` transport)."""
+
+    peer = "inherited socket"
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.max_frame = max_frame
+
+    async def recv(self) -> bytes:
+        try:
+            header = await self.reader.readexactly(FRAME_HEADER.size)
+            (size,) = FRAME_HEADER.unpack(header)
+            if size > self.max_frame:
+                raise _Closed(f"frame of {size} bytes over the limit of {self.max_frame}")
+            return await self.reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            raise _Closed("connection closed") from None
+        except OSError as exc:
+            raise _Closed(str(exc)) from None
+
+    async def send(self, data: bytes) -> None:
+        if self.writer.is_closing():
+            raise _Closed("connection closed")
+        try:
+            self.writer.write(FRAME_HEADER.pack(len(data)) + data)
+            await self.writer.drain()
+        except OSError as exc:
+            raise _Closed(str(exc)) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
 
 
 def _outcome(frame: Result) -> Outcome:

@@ -16,13 +16,31 @@ Worker → executor::
 
 The secret is random per attempt and usable once, so nothing but the spawned
 executor can fetch a task's payload or post its result.
+
+Transports. The executor is told where to connect by a URL:
+
+``ws://host:port/v1/executor?secret=S`` (or ``wss://``)
+    a WebSocket to the worker; one JSON text frame per message. The secret is
+    sent in the ``register`` frame only, never in the HTTP request.
+``fd://N?secret=S``
+    an extension for processes the worker starts itself (the forked sandbox): an
+    already connected stream socket inherited as file descriptor ``N``. Each
+    message is its JSON bytes preceded by their length as a 4-byte big-endian
+    unsigned integer (:data:`FRAME_HEADER`). The frames and their order are the
+    same as over a WebSocket.
 """
 
 from __future__ import annotations
 
+import struct
+from urllib.parse import urlsplit
+
 import msgspec
 
 Raw = msgspec.Raw
+
+#: The length prefix of a frame on an ``fd://`` stream socket.
+FRAME_HEADER = struct.Struct(">I")
 
 
 class _Frame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
@@ -85,3 +103,25 @@ def decode_worker_frame(data: bytes | str) -> WorkerFrame:
     """Decode a worker → executor frame."""
     frame: WorkerFrame = _worker_decoder.decode(data)
     return frame
+
+
+def split_connect_url(url: str) -> tuple[str, str]:
+    """``ws://h:p/v1/executor?secret=S`` → ``("ws://h:p/v1/executor", "S")``.
+
+    ``fd://N?secret=S`` gives ``("fd://N", "S")``. Raises ValueError when the URL is
+    neither ``ws(s)://host...`` nor ``fd://N``, or carries no secret.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "fd":
+        if not parts.netloc.isdigit():
+            raise ValueError(f"invalid connect URL {url!r}: expected fd://N?secret=...")
+    elif parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"invalid connect URL {url!r}: expected ws://host:port/...?secret=...")
+    secret = ""
+    for item in parts.query.split("&"):
+        key, _, value = item.partition("=")
+        if key == "secret":
+            secret = value
+    if not secret:
+        raise ValueError(f"invalid connect URL {url!r}: no secret")
+    return parts._replace(query="", fragment="").geturl(), secret
