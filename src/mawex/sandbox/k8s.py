@@ -359,6 +359,7 @@ class K8sSandbox:
                     "deleting a Job left by an earlier worker process",
                     extra={"action": "k8s_cleanup", "job": name},
                 )
+                self._undeleted.add(name)
                 await self._delete(name)
 
     # -- attempts ---------------------------------------------------------------------
