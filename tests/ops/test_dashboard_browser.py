@@ -163,6 +163,12 @@ def test_dashboard_follows_a_running_cluster(cluster: LocalCluster, page: Any) -
     expect(page.locator("#role")).to_have_text("standby", timeout=UI_TIMEOUT_MS)
     expect(page.locator("#leader-link")).to_have_text(leader_url, timeout=UI_TIMEOUT_MS)
     expect(page.locator("#leader-link")).to_have_attribute("href", leader_url + "/")
+    # both masters announce themselves in the journal: each page lists them
+    expect(page.locator('#masters tbody tr[data-role="leader"]')).to_have_count(
+        1, timeout=UI_TIMEOUT_MS
+    )
+    expect(page.locator('#masters tbody tr[data-role="standby"]')).to_have_count(1)
+    expect(page.locator('#masters tbody tr[data-role="leader"] a')).to_have_text(leader_url)
     # standbys serve the result topic too
     expect(page.locator('#results tbody tr[data-type="completed"]')).to_have_count(
         21, timeout=UI_TIMEOUT_MS

@@ -11,8 +11,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def envvar_for(flag: str) -> str:
-    """``--master-id`` → ``MAWEX_MASTER_ID``."""
-    return "MAWEX_" + flag.lstrip("-").replace("-", "_").upper()
+    """``--master-id`` → ``MAWEX_MASTER_ID`` (``--wait/--no-wait`` → ``MAWEX_WAIT``)."""
+    return "MAWEX_" + flag.split("/")[0].lstrip("-").replace("-", "_").upper()
 
 
 def option(flag: str, *more: str, **kwargs: Any) -> Callable[[F], F]:
