@@ -270,6 +270,27 @@ class Processes:
             self.stop(proc)
 
 
+def git_describe() -> str:
+    """The commit measured, with ``-dirty`` when src/ has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
 def free_port() -> int:
     import socket
 
@@ -805,6 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures.put("cpus", os.cpu_count())
         figures.put("load_avg_1m_before", os.getloadavg()[0])
         figures.put("python", platform.python_version(), show=False)
+        figures.put("git", git_describe())
         journal.create()
         cluster = start_cluster(args, procs, journal)
         asyncio.run(run(args, cluster, figures))
