@@ -61,3 +61,9 @@ class Greeter:
 
     def __call__(self, task: Task) -> str:
         return f"{self.greeting} {task.payload}"
+
+
+def multi(task: Task) -> Any:
+    """Dispatch on ``payload["do"]``: echo, boom, hog, sleepy."""
+    action = {"echo": echo, "boom": boom, "hog": hog, "sleepy": sleepy}[task.payload["do"]]
+    return action(task)

@@ -324,6 +324,8 @@ class Kubelet:
         #: False plays a cluster that does not enforce activeDeadlineSeconds (in time).
         self.enforce_deadlines = True
         self.jobs: dict[str, SimJob] = {}
+        #: The most container processes ever seen running at once.
+        self.max_running = 0
         self.api: ApiServer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -395,6 +397,7 @@ class Kubelet:
         for name, job in self.jobs.items():
             if name not in seen and not job.collected:
                 await self._collect(job)
+        self.max_running = max(self.max_running, len(self.running_processes()))
 
     # -- one Job ----------------------------------------------------------------------
 
