@@ -43,7 +43,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kmock
@@ -223,7 +223,7 @@ class ApiServer(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def _serve_list(self, request: rendering.Request) -> Any:
-        result = await super()._serve_list(request)
+        result: dict[str, Any] = dict(cast(dict[str, Any], await super()._serve_list(request)))
         labels = request.params.get("labelSelector")
         fields = request.params.get("fieldSelector")
         items = [
