@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import click
 
+from mawex.cli.k8s_options import k8s_options, k8s_sandbox_options
 from mawex.cli.options import (
     ca_option,
     log_options,
@@ -34,6 +36,39 @@ log = logging.getLogger("mawex.worker")
 )
 @option("--arg", "args", multiple=True, help="key=value passed to an executor class (repeatable).")
 @option(
+    "--sandbox-mode",
+    type=click.Choice(["auto", "warm", "spawn"]),
+    default="auto",
+    help="forked: warm (a pre-started zygote forks one process per task), spawn (a fresh "
+    "interpreter per task) or auto (warm where safe).",
+)
+@option(
+    "--sandbox-spawn",
+    is_flag=True,
+    default=False,
+    help="forked: a fresh interpreter per task (same as --sandbox-mode spawn).",
+)
+@option(
+    "--sandbox-memory",
+    type=click.IntRange(1),
+    default=None,
+    help="forked: cap each task process's address space at this many MB.",
+)
+@option(
+    "--sandbox-env",
+    multiple=True,
+    help="forked: environment variable NAME (or NAME=VALUE) to give the task process "
+    "(repeatable); all others but PATH, HOME, LANG, PYTHONPATH, VIRTUAL_ENV are scrubbed. "
+    "k8s: set in every task's container.",
+)
+@option(
+    "--mount-path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="forked: directory of files for the task: its working directory and $MAWEX_MOUNT_PATH. "
+    "k8s: where --k8s-configmap is mounted in the task's container.",
+)
+@option(
     "--task-timeout",
     type=click.FloatRange(0, None, min_open=True),
     default=None,
@@ -45,6 +80,7 @@ log = logging.getLogger("mawex.worker")
     default=30.0,
     help="On SIGTERM, seconds to let a running task finish before handing it back.",
 )
+@k8s_options
 @token_option()
 @ca_option()
 @log_options
@@ -55,12 +91,18 @@ def worker(
     pod: str,
     sandbox: str,
     args: tuple[str, ...],
+    sandbox_mode: str,
+    sandbox_spawn: bool,
+    sandbox_memory: int | None,
+    sandbox_env: tuple[str, ...],
+    mount_path: str | None,
     task_timeout: float | None,
     drain_timeout: float,
     token: str | None,
     ca: str | None,
     log_level: str,
     log_format: str,
+    **k8s: Any,
 ) -> None:
     """Run EXECUTOR (module:attr) for each group in --group, in pod --pod."""
     from mawex.logs import setup_logging
@@ -71,6 +113,18 @@ def worker(
     executor_args = parse_args(list(args))
     if sandbox == "local":
         load_executor(executor, executor_args)  # fail fast, before connecting
+    sandbox_options: dict[str, object] = {}
+    if sandbox == "forked":
+        sandbox_options = {
+            "mode": "spawn" if sandbox_spawn else sandbox_mode,
+            "memory_mb": sandbox_memory,
+            "env": list(sandbox_env),
+            "mount_path": mount_path,
+        }
+    elif sandbox == "k8s":
+        sandbox_options = k8s_sandbox_options(
+            k8s, pod=pod, groups=split_list(groups), env=sandbox_env, mount_path=mount_path
+        )
     pool = build_workers(
         executor,
         masters=masters,
@@ -78,6 +132,7 @@ def worker(
         pod=pod,
         sandbox=sandbox,
         args=executor_args,
+        sandbox_options=sandbox_options,
         token=token,
         ca=ca,
         task_timeout=task_timeout,
