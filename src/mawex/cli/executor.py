@@ -67,5 +67,6 @@ def executor(
     import signal
 
     faulthandler.enable()
+    child.line_buffered_output()
     child.set_parent_death_signal(signal.SIGKILL)
     child.exit_now(child.run_task(connect, memory_mb=memory_limit, chdir=chdir))

@@ -293,6 +293,7 @@ def run_task(
         if executor is not None and dict(preloaded_args or {}) != frame.args:
             executor = None  # built with other --args: load the one the task names
         result = execute(frame, executor, memory_mb=memory_mb, chdir=chdir)
+        _flush()  # the output comes before the result: the worker quotes its tail
         channel.send(encode(result))
         reply = decode_worker_frame(channel.recv(30.0))
         if not isinstance(reply, AckFrame):
@@ -309,13 +310,25 @@ def run_task(
         channel.close()
 
 
-def exit_now(code: int) -> None:
-    """Flush stdio and end the process at once (no atexit handlers, no thread joins)."""
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
+
+
+def line_buffered_output() -> None:
+    """Make stdout line-buffered, so that its lines and stderr's keep their order in a pipe."""
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        pass
+
+
+def exit_now(code: int) -> None:
+    """Flush stdio and end the process at once (no atexit handlers, no thread joins)."""
+    _flush()
     os._exit(code)
 
 
@@ -540,6 +553,7 @@ class _Zygote:
                     os.set_inheritable(fds[1], True)
                 self._exec(url)
             faulthandler.enable()
+            line_buffered_output()
             code = run_task(
                 url,
                 executor=self.executor,

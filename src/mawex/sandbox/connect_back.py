@@ -128,6 +128,8 @@ class Expectation:
     def _abandon(self) -> None:
         if not self.outcome.done():
             self.outcome.cancel()
+        elif not self.outcome.cancelled():
+            self.outcome.exception()  # retrieved: the waiter gave up on it
         if not self.registered.done():
             self.registered.cancel()
 

@@ -319,6 +319,10 @@ class _Zygote:
         elif isinstance(message, Failed):
             _settle(self._ready, error=ExecutorLoadError(message.error))
 
+    def mark_dead(self) -> None:
+        """Treat the zygote as dead (its control socket failed): the next attempt starts anew."""
+        self._gone()
+
     def _gone(self) -> None:
         if self.died.done():
             return
@@ -707,6 +711,48 @@ class ForkedSandbox:
     async def _run(self, attempt: _Attempt, timeout_s: float | None) -> Outcome:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
+        for tries in (1, 2):
+            zygote = await self._zygote_for(attempt, deadline)
+            if isinstance(zygote, Outcome):
+                return zygote
+            secret = self._server.new_secret()
+            expectation = self._server.expect(secret, self._frame(attempt.task, timeout_s))
+            read_fd, write_fd = os.pipe()
+            output = _Output(read_fd, self.output_limit)
+            ours: socket.socket | None = None
+            theirs: socket.socket | None = None
+            if self.channel == "fd":
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._server.attach(ours)
+            pid: int | None = None
+            try:
+                try:
+                    if theirs is not None:
+                        pid = await zygote.start_child([write_fd, theirs.fileno()], secret=secret)
+                    else:
+                        pid = await zygote.start_child([write_fd], url=expectation.url)
+                except _ZygoteGone as exc:
+                    zygote.mark_dead()
+                    if tries == 1:  # it died unnoticed: start a new one and try again
+                        continue
+                    return Outcome.failure(f"cannot start the executor process: {exc}")
+                finally:
+                    os.close(write_fd)
+                    if theirs is not None:
+                        theirs.close()
+                attempt.pid = pid
+                return await self._supervise(attempt, zygote, pid, expectation, output, deadline)
+            finally:
+                expectation.cancel()
+                output.close()
+                if pid is not None:
+                    exited = zygote.exit_of(pid)
+                    _kill_group(pid, leader_alive=not exited.done())
+                    zygote.forget(pid)
+        raise AssertionError("unreachable")
+
+    async def _zygote_for(self, attempt: _Attempt, deadline: float | None) -> _Zygote | Outcome:
+        """The running zygote (started anew if it died), or the Outcome that ends the attempt."""
         launching = asyncio.ensure_future(self._ensure_zygote())
         await self._first(launching, attempt.stop, deadline=deadline)
         if not launching.done():
@@ -718,40 +764,7 @@ class ForkedSandbox:
             return Outcome.failure(f"cannot start the forked sandbox's zygote: {exc}")
         if attempt.stop.done():
             return self._stopped(attempt)
-
-        secret = self._server.new_secret()
-        expectation = self._server.expect(secret, self._frame(attempt.task, timeout_s))
-        read_fd, write_fd = os.pipe()
-        output = _Output(read_fd, self.output_limit)
-        ours: socket.socket | None = None
-        theirs: socket.socket | None = None
-        if self.channel == "fd":
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._server.attach(ours)
-        pid: int | None = None
-        try:
-            try:
-                if theirs is not None:
-                    pid = await zygote.start_child([write_fd, theirs.fileno()], secret=secret)
-                else:
-                    pid = await zygote.start_child([write_fd], url=expectation.url)
-            except _ZygoteGone as exc:
-                return Outcome.failure(
-                    f"cannot start the executor process: {exc}; it is restarted for the next task"
-                )
-            finally:
-                os.close(write_fd)
-                if theirs is not None:
-                    theirs.close()
-            attempt.pid = pid
-            return await self._supervise(attempt, zygote, pid, expectation, output, deadline)
-        finally:
-            expectation.cancel()
-            output.close()
-            if pid is not None:
-                exited = zygote.exit_of(pid)
-                _kill_group(pid, leader_alive=not exited.done())
-                zygote.forget(pid)
+        return zygote
 
     async def _supervise(
         self,
@@ -768,22 +781,31 @@ class ForkedSandbox:
         if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
             # The child exits once its result is acknowledged: wait for that, briefly.
             await _wait_any(exited, zygote.died, timeout=self.exit_grace_s)
-            return self._reported(outcome.result(), output)
-        if exited.done() or (outcome.done() and not outcome.cancelled()):
-            # No result: the process died (or broke the channel, then exits or is killed).
-            if not exited.done():
-                await _wait_any(exited, zygote.died, timeout=self.exit_grace_s)
+            reported = outcome.result()
+            if not reported.ok:  # its output will be quoted: read it to the end
+                _kill_group(pid, leader_alive=not exited.done())
+                await output.drain(0.5)
+            return self._reported(reported, output)
+        ended = exited.done() or outcome.done() or zygote.died.done()
+        if attempt.stop.done() or not ended:
+            # Cancelled, or timed out: kill the whole process group.
             _kill_group(pid, leader_alive=not exited.done())
-            if exited.done() and exited.exception() is None:
-                await asyncio.wait({outcome}, timeout=0.2)  # a result may still be in flight
-                if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-                    return self._reported(outcome.result(), output)
+            await _wait_any(exited, zygote.died, timeout=self.exit_grace_s)
+            lingering = None if exited.done() or zygote.died.done() else self._linger(exited)
+            return self._stopped(attempt, lingering)
+        # No result: the process died, or broke its channel, or its zygote died.
+        if not exited.done():
+            await _wait_any(exited, timeout=self.exit_grace_s)
+        _kill_group(pid, leader_alive=not exited.done())
+        if exited.done() and exited.exception() is None:
+            await _wait_any(outcome, timeout=0.2)  # a result may still be in flight
+            if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
+                return self._reported(outcome.result(), output)
             await output.drain(0.5)
             return Outcome.failure(self._crash(pid, exited, outcome, output))
+        await output.drain(0.5)
         if zygote.died.done():
-            _kill_group(pid)
             reason = await zygote.death()
-            await output.drain(0.5)
             log.warning(
                 "the forked sandbox's zygote died during an attempt",
                 extra={"action": "zygote_died", "pid": zygote.pid, "reason": reason},
@@ -795,11 +817,7 @@ class ForkedSandbox:
                     output,
                 )
             )
-        # Timed out or cancelled: kill the whole process group.
-        _kill_group(pid, leader_alive=not exited.done())
-        await _wait_any(exited, zygote.died, timeout=self.exit_grace_s)
-        lingering = None if exited.done() or zygote.died.done() else self._linger(exited)
-        return self._stopped(attempt, lingering)
+        return Outcome.failure(self._crash(pid, exited, outcome, output))
 
     @staticmethod
     def _stopped(attempt: _Attempt, lingering: Awaitable[None] | None = None) -> Outcome:
