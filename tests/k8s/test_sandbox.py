@@ -383,6 +383,19 @@ async def test_start_fails_clearly_when_the_api_is_unreachable(tmp_path: Path) -
     await sandbox.close()
 
 
+async def test_busy_connect_back_port_is_a_config_error(cluster: Cluster) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sandbox = cluster.sandbox(listen=f"127.0.0.1:{port}")
+        with pytest.raises(ConfigError, match="--k8s-listen"):
+            await sandbox.start()
+        await sandbox.close()
+
+
 async def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs an image"):
         K8sSandbox("m:f")

@@ -312,9 +312,15 @@ class K8sSandbox:
             request_timeout=self.request_timeout,
         )
         try:
-            self._server_key, self._server = await _acquire_server(
-                self.listen_host, self.listen_port
-            )
+            try:
+                self._server_key, self._server = await _acquire_server(
+                    self.listen_host, self.listen_port
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {self.listen_host}:{self.listen_port} for executors "
+                    f"to connect back (--k8s-listen): {exc}"
+                ) from exc
             if self.advertise_host is None:
                 wildcard = self.listen_host in ("0.0.0.0", "::", "")
                 self.advertise_host = _default_advertise_host() if wildcard else self.listen_host
