@@ -192,6 +192,22 @@ async def topic_publish_cost(n: int) -> None:
     put("topic_publish_us_per_event", elapsed / (n // 100 * 100) * 1e6)
 
 
+def snapshot_cost(tasks: int) -> None:
+    """``MasterState.snapshot()`` runs on the engine loop: it stalls every turn meanwhile."""
+    from mawex.core.state import MasterState
+
+    state = MasterState()
+    for i in range(tasks):
+        key = {"group": "bench", "id": f"e2e-{i}"}
+        state.apply(ev.Accepted(**key, payload=msgspec.Raw(b"null"), at=1.0))
+        state.apply(ev.Scheduled(**key, attempt=1, worker="w", pod="p", at=1.0))
+        state.apply(ev.Completed(**key, attempt=1, result=msgspec.Raw(b"null"), at=1.0))
+    started = time.perf_counter()
+    body = state.snapshot()
+    put(f"snapshot_ms_{tasks}_tasks", (time.perf_counter() - started) * 1e3)
+    put(f"snapshot_kib_{tasks}_tasks", len(body) / 1024)
+
+
 # -- worker logging ------------------------------------------------------------------------
 
 
@@ -303,6 +319,7 @@ async def main_async(args: argparse.Namespace) -> None:
     topic_costs(args.n)
     await topic_publish_cost(args.n)
     logging_cost(args.n // 2)
+    snapshot_cost(args.snapshot_tasks)
     await engine_costs(args.engine_tasks, args.pods)
 
 
@@ -310,6 +327,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="calls per micro-benchmark")
     parser.add_argument("--engine-tasks", type=int, default=20_000)
+    parser.add_argument("--snapshot-tasks", type=int, default=50_000)
     parser.add_argument("--pods", type=int, default=4, help="fake workers, one pod each")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()

@@ -563,12 +563,18 @@ async def topic_next(http: Http) -> int:
 
 async def follow(
     http: Http, start: int, ids: set[str], deadline: float
-) -> tuple[float, dict[str, str]]:
-    """Read the topic from ``start`` until every id has a terminal event; (time, statuses)."""
+) -> tuple[float, dict[str, str], int]:
+    """Read the topic from ``start`` until every id has a terminal event.
+
+    Returns when the last one was seen, each id's terminal type, and the number of
+    long-poll requests it took.
+    """
     position = start
     outcome: dict[str, str] = {}
     last = time.perf_counter()
+    polls = 0
     while len(outcome) < len(ids) and time.perf_counter() < deadline:
+        polls += 1
         status, body = await http.request(
             "GET", f"/v1/results?from={position}&limit=10000&wait=5", timeout=20
         )
@@ -580,7 +586,7 @@ async def follow(
                 outcome.setdefault(event.id, event.type)
                 last = time.perf_counter()
         position = max(position, page.next)
-    return last, outcome
+    return last, outcome, polls
 
 
 def batches(prefix: str, group: str, count: int, size: int) -> list[bytes]:
@@ -634,7 +640,7 @@ async def measure_e2e(
         follower = asyncio.create_task(follow(http, start, ids, deadline))
         latencies = await submit_batches(http, bodies, args.submitters)
         submitted = time.perf_counter()
-        last, outcome = await follower
+        last, outcome, polls = await follower
         wall = last - started
         await on_end()
         figures.put("e2e_tasks", count)
@@ -645,6 +651,7 @@ async def measure_e2e(
         figures.put("e2e_submit_tasks_per_s_under_load", count / (submitted - started))
         figures.put("e2e_batch_post_p50_ms", percentile(latencies, 0.5) * 1e3)
         figures.put("e2e_batch_post_p99_ms", percentile(latencies, 0.99) * 1e3)
+        figures.put("e2e_follower_polls_per_1000_tasks", polls / count * 1000)
         lost = count - len(outcome)
         not_completed = sum(1 for status in outcome.values() if status != "completed")
         figures.put("e2e_lost", lost)
@@ -749,10 +756,21 @@ class Profiler:
 # -- main -------------------------------------------------------------------------------
 
 
+async def measure_idle(cluster: Cluster, figures: Figures, seconds: float) -> None:
+    """CPU of an idle cluster: heartbeats, timer ticks, lease renewals."""
+    master, workers = cluster.cpu()
+    await asyncio.sleep(seconds)
+    master_after, workers_after = cluster.cpu()
+    figures.put("idle_cpu_master_utilisation", (master_after - master) / seconds)
+    figures.put("idle_cpu_workers_utilisation", (workers_after - workers) / seconds)
+
+
 async def run(args: argparse.Namespace, cluster: Cluster, figures: Figures) -> None:
     http = make_http(args.client, cluster.url, max(args.in_flight, args.submitters + 2))
     profiler = Profiler(args, cluster, cluster.procs)
     try:
+        if "idle" in args.phases:
+            await measure_idle(cluster, figures, args.idle_seconds)
         if "latency" in args.phases:
             await measure_latency(cluster, http, figures, args.latency_tasks, args.warmup)
         else:
@@ -781,8 +799,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=64, help="single POSTs in flight")
     parser.add_argument("--timeout", type=float, default=300.0, help="e2e deadline, seconds")
     parser.add_argument(
-        "--phases", default="latency,e2e,enqueue", help="comma-separated subset to run"
+        "--phases",
+        default="latency,e2e,enqueue",
+        help="comma-separated: idle (opt-in), latency, e2e, enqueue",
     )
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument(
         "--log-level",
         default="info",
