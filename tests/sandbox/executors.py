@@ -167,3 +167,56 @@ class StartsThreads:
 
     def __call__(self, task: Task) -> dict[str, Any]:
         return {"pid": os.getpid(), "ppid": os.getppid()}
+
+
+class Behaves:
+    """For end-to-end tests: records each run, then does what ``payload["do"]`` says.
+
+    Built with ``--arg path=FILE --arg pod=P``. Appends one JSON line when a run
+    starts (``phase: start``, with the process's pid) and one when it ends
+    (``phase: end``), each with one ``O_APPEND`` write. ``do`` is ``ok`` (sleep
+    ``seconds``, default 0.02, and return), ``segfault`` (crash once the end is
+    recorded), ``exit`` (``os._exit(5)``), or ``hang`` (start a sleeping grandchild,
+    record its pid, and never return).
+    """
+
+    def __init__(self, path: str, pod: str) -> None:
+        self.path = path
+        self.pod = pod
+
+    def _write(self, task: Task, phase: str, **extra: Any) -> None:
+        import json
+
+        line = {
+            "id": task.id,
+            "group": task.group,
+            "attempt": task.attempt,
+            "pod": self.pod,
+            "phase": phase,
+            "time": time.time(),
+            "pid": os.getpid(),
+            **extra,
+        }
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def __call__(self, task: Task) -> dict[str, Any]:
+        payload = task.payload if isinstance(task.payload, dict) else {}
+        do = payload.get("do", "ok")
+        self._write(task, "start")
+        if do == "segfault":
+            self._write(task, "end")
+            ctypes.string_at(0)
+        if do == "exit":
+            self._write(task, "end")
+            os._exit(5)
+        if do == "hang":
+            grandchild = subprocess.Popen(["sleep", "300"])
+            self._write(task, "hang", grandchild=grandchild.pid)
+            time.sleep(3600)
+        time.sleep(float(payload.get("seconds", 0.02)))
+        self._write(task, "end")
+        return {"pid": os.getpid(), "pod": self.pod}
