@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -222,3 +223,43 @@ async def test_epochs_in_the_journal_follow_the_leaders(engines: list[Engine]) -
     records = await second.journal.read(1, 1000)
     assert [r.epoch for r in records] == [first_epoch, second.epoch]
     assert first_epoch < second.epoch
+
+
+async def test_an_unexpected_error_in_the_loop_steps_down_and_recovers(
+    journal_factory: Callable[[], Journal],
+) -> None:
+    """A leader whose loop died would renew its lease forever and serve nothing."""
+
+    class Glitch(RuntimeError):
+        pass
+
+    engine = Engine(journal_factory(), EngineSettings(lease_ttl=TTL, tick_s=0.05))
+    await engine.start()
+    await engine.wait_leader(5)
+    await engine.submit(_task("before"))
+    append = engine.journal.append
+    calls = 0
+
+    async def glitchy(records: Any, epoch: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Glitch("not a JournalError")
+        await append(records, epoch)
+
+    engine.journal.append = glitchy  # type: ignore[method-assign]
+    try:
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(engine.submit(_task("lost")), 5)
+        await engine.wait_leader(TTL * 10)
+        async with asyncio.timeout(TTL * 10):
+            while True:
+                try:
+                    assert await engine.submit(_task("after")) is False
+                    break
+                except NotLeader:
+                    await asyncio.sleep(0.05)
+        assert ("g", "lost") not in engine.state.tasks
+        assert {("g", "before"), ("g", "after")} <= engine.state.tasks.keys()
+    finally:
+        await engine.stop()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mawex.errors import FencedOut, JournalError
 from mawex.journal import open_journal
-from mawex.journal.base import Member, Record
+from mawex.journal.base import Journal, Lease, Member, Record
 from mawex.journal.memory import MemoryJournal
 from mawex.testing import FakeClock, check_members, check_record_epochs
 
@@ -159,3 +160,58 @@ def test_redis_record_header_is_versioned_by_its_flags() -> None:
     assert packed[0] & HAS_EPOCH
     assert _unpack(b"7", packed) == Record(7, None, 1.5, b"body", 12)
     assert _unpack(b"7", _pack(Record(7, 3, 1.5, b""), 1)) == Record(7, 3, 1.5, b"", 1)
+
+
+# -- a stalled leader must not hold the takeover ---------------------------------------------
+
+
+@pytest.mark.postgresql
+async def test_postgresql_sessions_end_idle_transactions(postgresql_url: str) -> None:
+    journal = open_journal(postgresql_url)
+    await journal.open()
+    try:
+        async with journal._connection() as conn:  # type: ignore[attr-defined]
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "5s"
+    finally:
+        await journal.close()
+
+
+@pytest.mark.postgresql
+async def test_postgresql_leader_stalled_mid_transaction_is_taken_over(
+    postgresql_url: str,
+) -> None:
+    """A leader paused inside an append holds the lease row; the server ends its session."""
+    import asyncio
+
+    url = f"{postgresql_url}?idle_in_transaction_session_timeout=300"
+    a, b = open_journal(url, namespace="stall"), open_journal(url, namespace="stall")
+    await a.open()
+    await b.open()
+    try:
+        old = await a.acquire("a", 0.2, None)
+        assert old is not None
+        with pytest.raises(JournalError):
+            async with a._connection() as conn:  # type: ignore[attr-defined]
+                transaction = conn.transaction()
+                await transaction.start()
+                await conn.fetchval(
+                    "SELECT epoch FROM mawex_lease WHERE ns = $1 FOR UPDATE", "stall"
+                )
+                # ... and the leader stalls here, holding the row lock
+                new = await asyncio.wait_for(_acquire_when_free(b), 10)
+                assert new.epoch > old.epoch
+                await conn.fetchval("SELECT 1")  # the stalled session is gone
+        with pytest.raises(FencedOut):
+            await a.append([Record(1, None, 0.0, b"late")], old.epoch)
+        assert await b.read(1, 10) == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _acquire_when_free(journal: Journal) -> Lease:
+    import asyncio
+
+    while (lease := await journal.acquire("b", 5, None)) is None:
+        await asyncio.sleep(0.05)
+    return lease

@@ -12,6 +12,15 @@ masters on machines with skewed clocks agree on it; ``Lease.expires_at`` is in
 the server's time. The schema is created if missing (under an advisory lock, so
 masters may start together). Durability is PostgreSQL's: keep ``fsync`` and
 ``synchronous_commit`` on (the defaults) for mawex's guarantees.
+
+A leader that stops in the middle of a write transaction (SIGSTOP, a VM pause, a
+network partition) would hold the lease row's lock, and with it every
+standby's ``acquire``, for as long as the server keeps its session. So the
+journal's sessions run with ``idle_in_transaction_session_timeout`` (default
+:data:`IDLE_IN_TRANSACTION_TIMEOUT_MS`; a URL query option of that name
+overrides it): the server ends such a session, rolls its transaction back and
+frees the row; the stalled leader, when it resumes, finds its connection gone
+and steps down.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -28,13 +38,24 @@ from mawex.journal import JournalURL, check_batch, check_namespace, load_queries
 from mawex.journal.base import Lease, Member, Record, Snapshot
 
 _Q: Final = load_queries("postgresql.sql")
-_DRIVER_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+#: What the driver raises for a failed call. InternalClientError comes, for one, from a
+#: connection the server ended under a transaction (idle_in_transaction_session_timeout).
+_DRIVER_ERRORS: Final = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 #: Connections kept by each journal: the master's writes are sequential, readers few.
 POOL_MIN: Final = 1
 POOL_MAX: Final = 4
 #: Seconds to wait for the server on connect.
 CONNECT_TIMEOUT: Final = 10.0
+#: How long (ms) the server lets a journal session sit idle inside a transaction (a stalled
+#: leader's) before ending it and releasing its locks. Journal transactions take milliseconds.
+IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 5000
 
 
 def _record(row: Any) -> Record:
@@ -107,7 +128,7 @@ class PostgreSQLJournal:
                 min_size=POOL_MIN,
                 max_size=POOL_MAX,
                 timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": f"mawex:{self.namespace}"},
+                server_settings=self._server_settings(),
             )
         except MawexError:
             raise
@@ -124,6 +145,16 @@ class PostgreSQLJournal:
             await self.close()
             self._closed = False
             raise
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = {"application_name": f"mawex:{self.namespace}"}
+        try:
+            in_url = {k for k, _ in parse_qsl(urlsplit(self.dsn).query)}
+        except ValueError:
+            in_url = set()
+        if "idle_in_transaction_session_timeout" not in in_url:
+            settings["idle_in_transaction_session_timeout"] = str(IDLE_IN_TRANSACTION_TIMEOUT_MS)
+        return settings
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

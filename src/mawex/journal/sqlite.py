@@ -14,6 +14,14 @@ system: WAL needs shared memory between the processes.
 
 A cancelled call may still complete on the journal thread: a caller that is
 cancelled during ``append`` must treat the write as unknown.
+
+A limit of SQLite's file locks: a leader that is paused (SIGSTOP, a debugger)
+while it holds the write lock, in the middle of an append, blocks every writer
+of the file, a standby's ``acquire`` included, until it resumes (nothing can
+take a lock from a live process). It then finishes its transaction, which is
+sound (no newer epoch can exist, since nobody could write), and goes on
+leading. A leader paused between transactions, or killed, is taken over as
+usual. Use PostgreSQL where a stalled host must not stall the cluster.
 """
 
 from __future__ import annotations
@@ -261,18 +269,30 @@ class SQLiteJournal:
     # -- lease ----------------------------------------------------------------
 
     async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
+        def held(row: tuple[str | None, int, float, str | None] | None) -> bool:
+            return (
+                row is not None and row[0] is not None and row[0] != holder and row[2] > time.time()
+            )
+
         def write(conn: sqlite3.Connection) -> Lease | None:
             row = conn.execute(_Q["get_lease"], (self.namespace,)).fetchone()
-            now = time.time()
-            if row is not None and row[0] is not None and row[0] != holder and row[2] > now:
+            if held(row):
                 return None
+            now = time.time()
             lease = Lease(holder, (row[1] if row else 0) + 1, now + ttl, url)
             conn.execute(
                 _Q["put_lease"], (self.namespace, holder, lease.epoch, lease.expires_at, url)
             )
             return lease
 
-        return await self._run(lambda conn: self._transaction(conn, write))
+        def attempt(conn: sqlite3.Connection) -> Lease | None:
+            # A standby polls often: look first without the write lock, which the
+            # leader needs for every append, and take it only for a lease that looks free.
+            if held(conn.execute(_Q["get_lease"], (self.namespace,)).fetchone()):
+                return None
+            return self._transaction(conn, write)
+
+        return await self._run(attempt)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         def write(conn: sqlite3.Connection) -> Lease:

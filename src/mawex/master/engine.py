@@ -458,6 +458,7 @@ class Engine:
         next_tick = 0.0
         tick_s = self.settings.tick_s
         max_commands = self.settings.max_turn_commands
+        commands: list[_Command] = []
         try:
             while True:
                 await inbox.wait(max(0.0, next_tick - self.clock()))
@@ -468,6 +469,16 @@ class Engine:
                     next_tick = now + tick_s
         except (FencedOut, JournalError) as exc:
             asyncio.get_running_loop().create_task(self.step_down(str(exc)))
+        except Exception as exc:
+            # Anything else (a driver error the journal did not wrap, a bug in a decision)
+            # must not leave a leader without its loop: it would keep renewing its lease
+            # and queueing commands that nobody runs. Fail this turn's callers and step
+            # down, which rebuilds the state from the journal.
+            log.exception("engine loop failed", extra={"action": "engine_failed"})
+            for command in commands:
+                if command.future is not None and not command.future.done():
+                    command.future.set_exception(NotLeader(None))
+            asyncio.get_running_loop().create_task(self.step_down(f"engine loop failed: {exc!r}"))
 
     async def _turn(self, commands: list[_Command], now: float, run_timers: bool) -> None:
         state = self.state
