@@ -156,7 +156,9 @@ def _start_background(page: Page, block: Block) -> None:
             url = f"http://{listen}"
             masters.append(url)
 
-            def healthy(url: str = url) -> bool:
+            def healthy(
+                url: str = url, proc: subprocess.Popen[bytes] = proc, command: str = command
+            ) -> bool:
                 assert proc.poll() is None, f"{command} exited\n{page.logs()}"
                 try:
                     return httpx.get(f"{url}/healthz", timeout=2).status_code == 200

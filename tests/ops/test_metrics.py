@@ -69,14 +69,10 @@ def test_metrics_count_what_happened(cluster: LocalCluster) -> None:
                 client.result("etl", task["id"], timeout=60)
             except mawex.TaskFailed:
                 assert task["id"].startswith("bad-")
-        wait_until(
-            lambda: client.get("idle", "to-expire").status == "expired", 30, "the expiry"
-        )
+        wait_until(lambda: client.get("idle", "to-expire").status == "expired", 30, "the expiry")
 
     # lease renewals happen every ttl/3
-    wait_until(
-        lambda: value(scrape(url), "mawex_lease_renewals_total") >= 1, 10, "a lease renewal"
-    )
+    wait_until(lambda: value(scrape(url), "mawex_lease_renewals_total") >= 1, 10, "a lease renewal")
     m = scrape(url)
     etl = {"group": "etl"}
     idle = {"group": "idle"}
@@ -101,9 +97,7 @@ def test_metrics_count_what_happened(cluster: LocalCluster) -> None:
     assert value(m, "mawex_dispatch_latency_seconds_bucket", group="etl", le="+Inf") == 16
     assert value(m, "mawex_end_to_end_latency_seconds_count", group="etl", status="completed") == 11
     assert value(m, "mawex_end_to_end_latency_seconds_count", group="etl", status="failed") == 2
-    assert (
-        value(m, "mawex_end_to_end_latency_seconds_count", group="idle", status="cancelled") == 1
-    )
+    assert value(m, "mawex_end_to_end_latency_seconds_count", group="idle", status="cancelled") == 1
     assert value(m, "mawex_end_to_end_latency_seconds_count", group="idle", status="expired") == 1
     end_to_end = value(m, "mawex_end_to_end_latency_seconds_sum", group="etl", status="completed")
     assert 0 < end_to_end < 11 * 60
@@ -139,3 +133,41 @@ def test_metrics_count_what_happened(cluster: LocalCluster) -> None:
             assert value(s, f"mawex_tasks_{name}_total", **labels) == value(
                 m, f"mawex_tasks_{name}_total", **labels
             ), (name, labels)
+
+
+async def test_a_failing_observer_never_stops_the_engine(caplog: Any) -> None:
+    """Observers run inside the engine loop: metrics and log observers swallow their errors."""
+    import logging
+
+    import msgspec
+
+    from mawex.core.decide import NewTask
+    from mawex.journal.memory import MemoryJournal
+    from mawex.master.engine import Engine, EngineSettings
+    from mawex.server import metrics, ops
+
+    engine = Engine(MemoryJournal(), EngineSettings(lease_ttl=1.0, tick_s=0.05))
+    await engine.start()
+    try:
+        await engine.wait_leader(10)
+        ops.instrument(engine)
+        ops.instrument(engine)  # idempotent
+        assert len(engine.observers) == 2
+
+        class Broken:
+            def labels(self, *args: str) -> Any:
+                raise RuntimeError("broken histogram")
+
+        installed = metrics.install(engine)
+        installed.end_to_end_latency = Broken()  # type: ignore[assignment]
+        with caplog.at_level(logging.ERROR, logger="mawex.metrics"):
+            await engine.submit(NewTask(group="g", id="a", payload=msgspec.Raw(b"1")))
+            assert (await engine.cancel("g", "a"))["status"] == "cancelled"
+        assert any(r.getMessage() == "metrics observer failed" for r in caplog.records)
+        # the engine still serves, and the other histograms still count
+        assert await engine.submit(NewTask(group="g", id="b", payload=msgspec.Raw(b"1"))) is False
+        body, _ = metrics.render(engine)
+        assert b'mawex_tasks_accepted_total{group="g"} 2.0' in body
+        assert b"mawex_journal_append_batch_events_count 3.0" in body
+    finally:
+        await engine.stop()

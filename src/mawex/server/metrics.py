@@ -16,6 +16,7 @@ durations. See ``docs/operations.md`` for the full list.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Iterator
 
@@ -27,6 +28,8 @@ from prometheus_client.registry import Collector
 
 from mawex.core import events as ev
 from mawex.master.engine import Engine
+
+log = logging.getLogger("mawex.metrics")
 
 #: ``mawex_tasks_<name>_total`` counters: metric name → (state counter, help).
 TASK_COUNTERS: dict[str, tuple[str, str]] = {
@@ -234,7 +237,17 @@ class EngineMetrics:
         engine.observers.append(self.observe)
 
     def observe(self, events: list[ev.Event], now: float) -> None:
-        """Engine observer: called after each commit with the events it made durable."""
+        """Engine observer: called after each commit with the events it made durable.
+
+        It runs inside the engine loop: it must never raise, so a bug here costs a
+        histogram sample, not the master.
+        """
+        try:
+            self._observe(events)
+        except Exception:
+            log.exception("metrics observer failed", extra={"action": "metrics_error"})
+
+    def _observe(self, events: list[ev.Event]) -> None:
         total = float(self.engine.stats["append_seconds"])
         self.append_latency.observe(max(0.0, total - self._append_seconds))
         self._append_seconds = total

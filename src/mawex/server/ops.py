@@ -89,10 +89,15 @@ def log_task_events(events: list[ev.Event], now: float) -> None:
     DEBUG level (one line per task is a lot at thousands of tasks per second);
     retries, requeues and the other endings are at INFO.
     """
-    debug = log.isEnabledFor(logging.DEBUG)
-    info = log.isEnabledFor(logging.INFO)
-    if not info:
+    if not log.isEnabledFor(logging.INFO):
         return
+    try:
+        _log_events(events, log.isEnabledFor(logging.DEBUG))
+    except Exception:  # an observer runs in the engine loop: never let it raise
+        log.exception("task event logging failed", extra={"action": "log_error"})
+
+
+def _log_events(events: list[ev.Event], debug: bool) -> None:
     for event in events:
         if isinstance(event, ev.Accepted):
             if debug:
