@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mawex.client import AsyncClient, BatchReceipt, Client, SubmitReceipt
 from mawex.errors import (
     ConfigError,
     ExecutorLoadError,
@@ -34,7 +33,13 @@ from mawex.errors import (
 from mawex.model import ResultEvent, Task, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
+    from mawex.client import AsyncClient, BatchReceipt, Client, SubmitReceipt
     from mawex.local import LocalMaster
+
+#: Names imported on first use: the client pulls in httpx (a tenth of a second), which
+#: the processes that only run executors (``mawex executor``, the forked sandbox's
+#: zygote and every task it forks) never need.
+_CLIENT_NAMES = frozenset({"AsyncClient", "BatchReceipt", "Client", "SubmitReceipt"})
 
 __version__ = "0.1.0"
 
@@ -69,6 +74,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        import mawex.client
+
+        value = getattr(mawex.client, name)
+        globals()[name] = value
+        return value
     # LocalMaster pulls in the server, engine and journals: load it only when asked for
     if name == "LocalMaster":
         from mawex.local import LocalMaster

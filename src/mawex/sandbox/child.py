@@ -24,8 +24,8 @@ Nothing here imports the worker or the master: this is the hot path of every tas
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
+import gc
 import inspect
 import os
 import selectors
@@ -135,6 +135,12 @@ async def _await(value: Any) -> Any:
     return await value
 
 
+def _run_async(value: Any) -> Any:
+    import asyncio  # only async executors need it: not imported on every task's path
+
+    return asyncio.run(_await(value))
+
+
 def execute(
     frame: TaskFrame,
     executor: Executor | None = None,
@@ -168,7 +174,7 @@ def execute(
             apply_memory_limit(memory_mb)
         value = executor.call(task)
         if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
+            value = _run_async(value)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are task failures too
         return Result(ok=False, error=format_error(exc))
     try:
@@ -295,6 +301,8 @@ def run_task(
         result = execute(frame, executor, memory_mb=memory_mb, chdir=chdir)
         _flush()  # the output comes before the result: the worker quotes its tail
         channel.send(encode(result))
+        if isinstance(channel, _InheritedSocket):
+            return EXIT_OK  # a Unix socket keeps what was written: no need to wait for the ack
         reply = decode_worker_frame(channel.recv(30.0))
         if not isinstance(reply, AckFrame):
             print(f"mawex executor: expected an ack, got {reply!r}", file=sys.stderr)
@@ -667,6 +675,50 @@ def zygote_main(
     if error is not None:
         zygote.send(Failed(error=error))
         return 1
-    zygote.send(Ready(pid=os.getpid(), warm=not spawn, threads=threading.active_count()))
+    threads = threading.active_count()
+    if executor is not None:
+        gc.freeze()  # the children need not scan (and copy-on-write) what the zygote built
+    zygote.send(Ready(pid=os.getpid(), warm=not spawn, threads=threads))
     zygote.serve()
     return 0
+
+
+#: How the forked sandbox starts its zygote: ``python -c ZYGOTE_BOOT --zygote FD ...``. Lighter
+#: than ``python -m mawex executor --zygote FD ...`` (which works too): no command-line
+#: framework in the zygote, so less memory to fork per task.
+ZYGOTE_BOOT = "from mawex.sandbox.child import zygote_command; zygote_command()"
+
+
+def zygote_command(argv: list[str] | None = None) -> None:
+    """Parse the zygote's options (those of ``mawex executor --zygote``), serve, exit."""
+    import argparse
+
+    from mawex.errors import ConfigError
+    from mawex.sandbox.executor_ref import parse_args
+
+    if sys.path and sys.path[0] == "":  # python -c: make the working directory absolute, as
+        sys.path[0] = os.getcwd()  # -m does, since tasks may change it (--mount-path)
+    parser = argparse.ArgumentParser(prog="mawex executor --zygote")
+    parser.add_argument("--zygote", dest="control_fd", type=int, required=True)
+    parser.add_argument("--executor", required=True)
+    parser.add_argument("--arg", action="append", default=[])
+    parser.add_argument("--memory-limit", type=int, default=None)
+    parser.add_argument("--chdir", default=None)
+    parser.add_argument("--spawn", action="store_true")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    options = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(options.arg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    exit_now(
+        zygote_main(
+            options.control_fd,
+            options.executor,
+            args,
+            spawn=options.spawn,
+            memory_mb=options.memory_limit,
+            chdir=options.chdir,
+            parent_pid=options.parent_pid,
+        )
+    )

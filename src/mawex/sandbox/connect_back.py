@@ -269,18 +269,22 @@ class ConnectBackServer:
 
     # -- inherited stream sockets ---------------------------------------------------
 
-    def attach(self, sock: socket.socket) -> None:
+    def attach(self, sock: socket.socket, expectation: Expectation | None = None) -> None:
         """Serve the protocol on ``sock``, a connected stream socket whose peer is an executor.
 
         This is the ``fd://`` transport (see :mod:`mawex.wire.executor`): the worker
         creates a socket pair, keeps one end here and hands the other to the process
         it starts, which registers on it like on a WebSocket. Needs no :meth:`start`.
+
+        With ``expectation`` the socket is bound to that attempt: its task frame is
+        written at once, so the executor finds it waiting when it registers (with
+        that attempt's secret, or the connection is refused).
         """
-        task = asyncio.ensure_future(self._handle_stream(sock))
+        task = asyncio.ensure_future(self._handle_stream(sock, expectation))
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
 
-    async def _handle_stream(self, sock: socket.socket) -> None:
+    async def _handle_stream(self, sock: socket.socket, expectation: Expectation | None) -> None:
         try:
             reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
         except OSError:
@@ -288,9 +292,48 @@ class ConnectBackServer:
             return
         channel = _StreamChannel(reader, writer, self.max_frame)
         try:
-            await self._handle(channel)
+            if expectation is None:
+                await self._handle(channel)
+            else:
+                await self._handle_bound(channel, expectation)
         finally:
             await channel.close(1000, "done")
+
+    async def _handle_bound(self, channel: _StreamChannel, expectation: Expectation) -> None:
+        """A socket bound to ``expectation``: task first, then register, then result."""
+        if self._pending.get(expectation.secret) is not expectation:
+            return  # cancelled already
+        try:
+            await channel.send(encode(expectation.task))
+        except _Closed as exc:
+            expectation._finish(lost=f"connection lost before the task was sent ({exc})")
+            return
+        try:
+            async with asyncio.timeout(self.register_timeout):
+                first = await channel.recv()
+        except TimeoutError:
+            expectation._finish(lost="no register frame")
+            return
+        except _Closed as exc:
+            expectation._finish(lost=f"connection lost before registering ({exc})")
+            return
+        try:
+            frame = decode_executor_frame(first)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            expectation._finish(lost=f"protocol error: invalid register frame: {exc}")
+            return
+        if not isinstance(frame, Register) or frame.secret != expectation.secret:
+            expectation._finish(lost="protocol error: expected a register frame with its secret")
+            return
+        if self._pending.pop(expectation.secret, None) is not expectation:
+            return  # cancelled meanwhile
+        self._active[expectation.secret] = expectation
+        expectation._connection = channel
+        try:
+            await self._serve(channel, expectation, frame, task_sent=True)
+        finally:
+            self._active.pop(expectation.secret, None)
+            expectation._connection = None
 
     # -- the connection handler -------------------------------------------------------
 
@@ -338,12 +381,15 @@ class ConnectBackServer:
             pass
         await channel.close(1008, "rejected")
 
-    async def _serve(self, channel: _Channel, expectation: Expectation, reg: Register) -> None:
-        try:
-            await channel.send(encode(expectation.task))
-        except _Closed as exc:
-            expectation._finish(lost=f"connection lost before the task was sent ({exc})")
-            return
+    async def _serve(
+        self, channel: _Channel, expectation: Expectation, reg: Register, task_sent: bool = False
+    ) -> None:
+        if not task_sent:
+            try:
+                await channel.send(encode(expectation.task))
+            except _Closed as exc:
+                expectation._finish(lost=f"connection lost before the task was sent ({exc})")
+                return
         if not expectation.registered.done():
             expectation.registered.set_result(reg.pid)
         while True:

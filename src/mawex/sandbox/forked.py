@@ -8,7 +8,8 @@ of the process's output (its stdout and stderr, at most ``output_limit`` bytes).
 How it runs
 -----------
 :meth:`ForkedSandbox.start` starts a :class:`~mawex.sandbox.connect_back.ConnectBackServer`
-and a **zygote** (``python -m mawex executor --zygote FD ...``, see
+and a **zygote** (``mawex executor --zygote FD ...``, started lean with
+``python -c``, see
 :mod:`mawex.sandbox.child`): a helper process with a control socket to the worker.
 Per attempt the worker registers a one-time secret with the server, sends the zygote
 the ``--connect`` URL (and the write end of a fresh output pipe), and the zygote forks
@@ -69,6 +70,7 @@ from mawex.model import Task
 from mawex.sandbox.base import Outcome
 from mawex.sandbox.child import (
     CONTROL_MAX,
+    ZYGOTE_BOOT,
     Exited,
     Failed,
     Ready,
@@ -240,6 +242,7 @@ class _Zygote:
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
         self._starts: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
+        self._ends: dict[int, tuple[asyncio.Future[None], int | None]] = {}
         #: Completes when the control socket closes: the zygote is dead or dying.
         self.died: asyncio.Future[None] = self._loop.create_future()
         #: The zygote's exit code (Popen's convention: negative for a signal).
@@ -313,6 +316,7 @@ class _Zygote:
             exit_future = self._exits.get(message.pid)
             if exit_future is not None:
                 _settle(exit_future, message.status)
+            self._ended(message.pid)
         elif isinstance(message, Ready):
             self.warm = message.warm
             _settle(self._ready, message)
@@ -333,6 +337,8 @@ class _Zygote:
         for future in [*self._starts.values(), *self._exits.values()]:
             _settle(future, error=error)
         self._starts.clear()
+        for pid in list(self._ends):
+            self._ended(pid)
         _settle(self.died)
 
     # -- requests ----------------------------------------------------------------------
@@ -387,11 +393,47 @@ class _Zygote:
                 _settle(future, error=_ZygoteGone("the zygote process died"))
         return future
 
+    def end_of(self, pid: int) -> asyncio.Future[None]:
+        """Completes as soon as child ``pid`` has ended, before the zygote reports its status.
+
+        The kernel says so through a pidfd (Linux 5.3+), which spares the round trip
+        through the zygote on every task; elsewhere this waits for the status.
+        """
+        entry = self._ends.get(pid)
+        if entry is not None:
+            return entry[0]
+        ended: asyncio.Future[None] = self._loop.create_future()
+        status = self.exit_of(pid)
+        pidfd: int | None = None
+        if status.done():
+            _settle(ended)
+        else:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                pass  # unsupported, or gone already: the status will tell
+            else:
+                self._loop.add_reader(pidfd, self._ended, pid)
+        self._ends[pid] = (ended, pidfd)
+        return ended
+
+    def _ended(self, pid: int) -> None:
+        entry = self._ends.get(pid)
+        if entry is not None:
+            ended, pidfd = entry
+            _settle(ended)
+            if pidfd is not None:
+                self._loop.remove_reader(pidfd)
+                os.close(pidfd)
+                self._ends[pid] = (ended, None)
+
     def forget(self, pid: int) -> None:
         """Stop tracking child ``pid``."""
         future = self._exits.pop(pid, None)
         if future is not None and future.done() and not future.cancelled():
             future.exception()  # retrieved
+        self._ended(pid)
+        self._ends.pop(pid, None)
 
     # -- ending ------------------------------------------------------------------------
 
@@ -623,9 +665,8 @@ class ForkedSandbox:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [
             self.python,
-            "-m",
-            "mawex",
-            "executor",
+            "-c",
+            ZYGOTE_BOOT,
             "--zygote",
             str(child.fileno()),
             "--executor",
@@ -723,7 +764,7 @@ class ForkedSandbox:
             theirs: socket.socket | None = None
             if self.channel == "fd":
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._server.attach(ours)
+                self._server.attach(ours, expectation)
             pid: int | None = None
             try:
                 try:
@@ -746,8 +787,7 @@ class ForkedSandbox:
                 expectation.cancel()
                 output.close()
                 if pid is not None:
-                    exited = zygote.exit_of(pid)
-                    _kill_group(pid, leader_alive=not exited.done())
+                    _kill_group(pid, leader_alive=not zygote.end_of(pid).done())
                     zygote.forget(pid)
         raise AssertionError("unreachable")
 
@@ -776,18 +816,19 @@ class ForkedSandbox:
         deadline: float | None,
     ) -> Outcome:
         exited = zygote.exit_of(pid)
+        ended = zygote.end_of(pid)
         outcome = expectation.outcome
         await self._first(outcome, exited, zygote.died, attempt.stop, deadline=deadline)
         if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-            # The child exits once its result is acknowledged: wait for that, briefly.
-            await _wait_any(exited, zygote.died, timeout=self.exit_grace_s)
+            # The child exits once its result is written: wait for that, briefly.
+            await _wait_any(ended, zygote.died, timeout=self.exit_grace_s)
             reported = outcome.result()
             if not reported.ok:  # its output will be quoted: read it to the end
-                _kill_group(pid, leader_alive=not exited.done())
+                _kill_group(pid, leader_alive=not ended.done())
                 await output.drain(0.5)
             return self._reported(reported, output)
-        ended = exited.done() or outcome.done() or zygote.died.done()
-        if attempt.stop.done() or not ended:
+        over = exited.done() or outcome.done() or zygote.died.done()
+        if attempt.stop.done() or not over:
             # Cancelled, or timed out: kill the whole process group.
             _kill_group(pid, leader_alive=not exited.done())
             await _wait_any(exited, zygote.died, timeout=self.exit_grace_s)

@@ -27,7 +27,9 @@ Transports. The executor is told where to connect by a URL:
     already connected stream socket inherited as file descriptor ``N``. Each
     message is its JSON bytes preceded by their length as a 4-byte big-endian
     unsigned integer (:data:`FRAME_HEADER`). The frames and their order are the
-    same as over a WebSocket.
+    same as over a WebSocket, except that the worker may write the ``task`` frame
+    before the ``register`` frame arrives, and that the executor need not wait for
+    the ``ack``: what it wrote to a Unix socket before closing it is not lost.
 """
 
 from __future__ import annotations
