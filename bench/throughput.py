@@ -387,12 +387,18 @@ def start_cluster(args: argparse.Namespace, procs: Processes, journal: JournalSe
     url = f"http://127.0.0.1:{port}"
     listen = f"127.0.0.1:{port}"
     python = sys.executable
+    # ``mawex ...``, or the same through bench/whatif.py with experimental patches applied
+    mawex = [python, "-m", "mawex"]
+    env: dict[str, str] = {}
+    if args.whatif:
+        mawex = [python, str(Path(__file__).with_name("whatif.py"))]
+        env["MAWEX_BENCH_WHATIF"] = args.whatif
     if journal.mode == "memory":
         argv = [python, os.path.abspath(__file__), "--serve-memory-master", listen]
     else:
-        argv = [python, "-m", "mawex", "master", "--journal", journal.url, "--listen", listen]
+        argv = [*mawex, "master", "--journal", journal.url, "--listen", listen]
         argv += ["--log-format", "json", "--log-level", args.log_level]
-    master = procs.spawn("master", argv)
+    master = procs.spawn("master", argv, env)
     deadline = time.monotonic() + 60
     while True:
         if not master.alive():
@@ -407,10 +413,10 @@ def start_cluster(args: argparse.Namespace, procs: Processes, journal: JournalSe
         time.sleep(0.05)
     workers = []
     for i in range(args.workers):
-        argv = [python, "-m", "mawex", "worker", EXECUTOR, "--master", url, "--group", GROUP]
+        argv = [*mawex, "worker", EXECUTOR, "--master", url, "--group", GROUP]
         argv += ["--pod", f"pod-{i + 1}", "--sandbox", "local"]
         argv += ["--log-format", "json", "--log-level", args.log_level]
-        workers.append(procs.spawn(f"worker-{i + 1}", argv))
+        workers.append(procs.spawn(f"worker-{i + 1}", argv, env))
     while True:
         state = httpx.get(f"{url}/v1/state", timeout=5).json()
         connected = [w for w in state["workers"] if w["status"] != "disconnected"]
@@ -810,6 +816,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("debug", "info", "warning", "error"),
         help="master and worker log level (info is mawex's default)",
     )
+    parser.add_argument(
+        "--whatif",
+        default=os.environ.get("MAWEX_BENCH_WHATIF", ""),
+        help="experimental patches for master and workers, see bench/whatif.py",
+    )
     parser.add_argument("--pg-url", default=os.environ.get("MAWEX_BENCH_POSTGRESQL", DEFAULT_PG))
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--profile", help="record py-spy profiles of the e2e phase into DIR")
@@ -844,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures.put("pods", args.workers)
         figures.put("client", args.client)
         figures.put("log_level", args.log_level)
+        figures.put("whatif", args.whatif or "none")
         figures.put("cpus", os.cpu_count())
         figures.put("load_avg_1m_before", os.getloadavg()[0])
         figures.put("python", platform.python_version(), show=False)
