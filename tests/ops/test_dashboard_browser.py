@@ -108,7 +108,7 @@ def test_dashboard_follows_a_running_cluster(cluster: LocalCluster, page: Any) -
 
     with mawex.Client([leader_url]) as client:
         # a slow task: its worker turns busy with it, for a growing time
-        client.submit("slow", {"seconds": 4}, id="slow-1")
+        client.submit("slow", {"seconds": 8}, id="slow-1")
         expect(slow_worker).to_have_attribute("data-status", "busy", timeout=UI_TIMEOUT_MS)
         expect(slow_worker.locator(".task")).to_have_text("slow/slow-1 #1")
         expect(pod1).to_have_attribute("data-busy", "true")
@@ -139,7 +139,7 @@ def test_dashboard_follows_a_running_cluster(cluster: LocalCluster, page: Any) -
                 client.result("reports", f"bad-{i}", timeout=60)
         for i in range(20):
             client.result("etl", f"etl-{i}", timeout=60)
-        assert client.result("slow", "slow-1", timeout=60) == {"slept": 4.0}
+        assert client.result("slow", "slow-1", timeout=60) == {"slept": 8.0}
 
     completed = page.locator('#results tbody tr[data-type="completed"]')
     expect(completed).to_have_count(21, timeout=UI_TIMEOUT_MS)
