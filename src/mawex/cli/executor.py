@@ -33,6 +33,7 @@ from mawex.cli.options import option
 @option("--arg", "args", multiple=True, help="key=value for the zygote's executor class.")
 @option("--spawn", is_flag=True, help="Zygote: exec a fresh interpreter per task.")
 @option("--parent-pid", type=int, default=None, help="Zygote: exit if this is not the parent.")
+@option("--websocket", is_flag=True, help="Zygote: children connect back over ws:// URLs.")
 def executor(
     connect: str | None,
     memory_limit: int | None,
@@ -42,6 +43,7 @@ def executor(
     args: tuple[str, ...],
     spawn: bool,
     parent_pid: int | None,
+    websocket: bool,
 ) -> None:
     """Internal: run one task for a worker (--connect URL), or a forked sandbox's zygote."""
     from mawex.sandbox import child
@@ -59,6 +61,7 @@ def executor(
             memory_mb=memory_limit,
             chdir=chdir,
             parent_pid=parent_pid,
+            websocket=websocket,
         )
         child.exit_now(code)
     if not connect:

@@ -111,12 +111,16 @@ def set_parent_death_signal(sig: int) -> bool:
         return False
 
 
-def preload() -> None:
-    """Import what a task process needs, so that forked children find it loaded."""
+def preload(websocket: bool = False) -> None:
+    """Import what a task process needs, so that forked children find it loaded.
+
+    The WebSocket client only with ``websocket``: it doubles the zygote's memory,
+    which every fork copies the page tables of.
+    """
     import resource  # noqa: F401
 
-    import websockets.sync.client  # noqa: F401
-
+    if websocket:
+        import websockets.sync.client  # noqa: F401
     _load_libc()
 
 
@@ -428,6 +432,8 @@ class _Zygote:
         self.memory_mb = memory_mb
         self.chdir = chdir
         self.children: set[int] = set()
+        #: The child forked ahead for the next task, and the socket to hand it the task.
+        self.spare: tuple[int, socket.socket] | None = None
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
@@ -449,6 +455,11 @@ class _Zygote:
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         try:
             while not self.stopping:
+                if self.spare is None:
+                    try:
+                        self._make_spare()
+                    except OSError as exc:  # out of processes: try again at the next request
+                        print(f"mawex zygote: cannot fork: {exc}", file=sys.stderr)
                 for key, _ in self.selector.select():
                     if key.data == "wake":
                         self._drain_wakeup()
@@ -479,6 +490,10 @@ class _Zygote:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if self.spare is not None and self.spare[0] == pid:  # died unused
+                self.spare[1].close()
+                self.spare = None
+                continue
             self.send(Exited(pid=pid, status=status))
 
     def _on_control(self) -> bool:
@@ -508,39 +523,66 @@ class _Zygote:
         return True
 
     def _fork(self, request: RunRequest, fds: list[int]) -> None:
+        """Hand ``request`` to the spare child (forked ahead of time), report its pid."""
         error = None
+        pid = 0
         if not fds:
             error = "no output pipe came with the request"
         elif request.url is None and (len(fds) < 2 or not request.secret):
             error = "no channel socket or secret came with the request"
-        if error is None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                error = f"fork failed: {exc}"
-            else:
-                if pid == 0:  # the child: never returns
-                    self._child(request, fds)
+        else:
+            error = "cannot hand the task to a forked child"
+            for _ in range(2):
+                try:
+                    spare, link = self._take_spare()
+                except OSError as exc:
+                    error = f"fork failed: {exc}"
+                    break
+                try:
+                    socket.send_fds(link, [encode_control(request)], fds)
+                except OSError:  # the spare died unused: fork another one
+                    _kill_quietly(spare)
+                    continue
+                finally:
+                    link.close()
+                pid, error = spare, None
+                break
         for fd in fds:
             os.close(fd)
         if error is not None:
             self.send(Started(n=request.n, error=error))
-            return
-        self.children.add(pid)
-        self.send(Started(n=request.n, pid=pid))
+        else:
+            self.send(Started(n=request.n, pid=pid))
 
-    def _child(self, request: RunRequest, fds: list[int]) -> None:
+    def _take_spare(self) -> tuple[int, socket.socket]:
+        if self.spare is None:
+            self._make_spare()
+        assert self.spare is not None
+        spare, self.spare = self.spare, None
+        return spare
+
+    def _make_spare(self) -> None:
+        """Fork the child that will run the next task, so that no task waits for a fork."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:  # the child: never returns
+            ours.close()
+            self._child(theirs)
+        theirs.close()
+        self.children.add(pid)
+        self.spare = (pid, ours)
+
+    def _child(self, link: socket.socket) -> None:
+        """A spare child: get ready, wait for its request, run it (or exec), exit."""
         code = EXIT_CHANNEL
         try:
-            output = fds[0]
-            if request.url is None:
-                url = f"fd://{fds[1]}?secret={request.secret}"
-            else:
-                url = request.url
-            for fd in fds[2:]:
-                os.close(fd)
             zygote = os.getppid()
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -550,18 +592,28 @@ class _Zygote:
             os.close(self.wake_r)
             os.close(self.wake_w)
             os.setsid()
-            os.dup2(output, 1)
-            os.dup2(output, 2)
-            os.close(output)
             set_parent_death_signal(signal.SIGKILL)
             if os.getppid() != zygote:  # the zygote died before the signal was armed
                 os._exit(EXIT_CHANNEL)
+            if not self.spawn:
+                faulthandler.enable()
+                line_buffered_output()
+            data, fds, _flags, _addr = socket.recv_fds(link, CONTROL_MAX, 4)
+            link.close()
+            if not data or not fds:
+                os._exit(0)  # the zygote is closing: no task for this one
+            request = decode_zygote_message(data)
+            assert isinstance(request, RunRequest)
+            url = request.url or f"fd://{fds[1]}?secret={request.secret}"
+            os.dup2(fds[0], 1)
+            os.dup2(fds[0], 2)
+            os.close(fds[0])
+            for fd in fds[2:]:
+                os.close(fd)
             if self.spawn:
                 if request.url is None:
                     os.set_inheritable(fds[1], True)
                 self._exec(url)
-            faulthandler.enable()
-            line_buffered_output()
             code = run_task(
                 url,
                 executor=self.executor,
@@ -587,6 +639,9 @@ class _Zygote:
 
     def shutdown(self) -> None:
         """Kill every child's process group and reap them."""
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare = None
         for pid in list(self.children):
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -605,6 +660,13 @@ class _Zygote:
             self.control.close()
         except OSError:
             pass
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _noop(signum: int, frame: object) -> None:
@@ -647,16 +709,18 @@ def zygote_main(
     memory_mb: int | None = None,
     chdir: str | None = None,
     parent_pid: int | None = None,
+    websocket: bool = False,
 ) -> int:
     """Serve fork requests on the control socket ``control_fd``; the process's exit code.
 
     Warm (``spawn=False``): the executor is loaded here, once, and every child runs
     its task with it. Spawn: the executor is only checked (in a throwaway child) and
-    every child executes a fresh interpreter.
+    every child executes a fresh interpreter. ``websocket``: the children connect
+    back over ``ws://`` URLs (preload the client), not over inherited sockets.
     """
     control = socket.socket(fileno=control_fd)
     control.setblocking(True)
-    preload()
+    preload(websocket)
     set_parent_death_signal(signal.SIGTERM)
     if parent_pid is not None and os.getppid() != parent_pid:
         return EXIT_CHANNEL  # the worker is already gone
@@ -706,6 +770,7 @@ def zygote_command(argv: list[str] | None = None) -> None:
     parser.add_argument("--chdir", default=None)
     parser.add_argument("--spawn", action="store_true")
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--websocket", action="store_true")
     options = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(options.arg)
@@ -720,5 +785,6 @@ def zygote_command(argv: list[str] | None = None) -> None:
             memory_mb=options.memory_limit,
             chdir=options.chdir,
             parent_pid=options.parent_pid,
+            websocket=options.websocket,
         )
     )

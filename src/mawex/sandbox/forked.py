@@ -682,6 +682,8 @@ class ForkedSandbox:
             argv += ["--chdir", self.mount_path]
         if spawn:
             argv.append("--spawn")
+        if self.channel == "ws":
+            argv.append("--websocket")
         try:
             # Started from the loop's thread on purpose: the zygote's PR_SET_PDEATHSIG
             # fires when the thread that forked it ends, so not from a thread pool.
