@@ -155,15 +155,17 @@ async def test_a_failing_observer_never_stops_the_engine(caplog: Any) -> None:
         assert len(engine.observers) == 2
 
         class Broken:
-            def labels(self, *args: str) -> Any:
+            def observe(self, *args: Any) -> None:
                 raise RuntimeError("broken histogram")
 
         installed = metrics.install(engine)
+        working = installed.end_to_end_latency
         installed.end_to_end_latency = Broken()  # type: ignore[assignment]
         with caplog.at_level(logging.ERROR, logger="mawex.metrics"):
             await engine.submit(NewTask(group="g", id="a", payload=msgspec.Raw(b"1")))
             assert (await engine.cancel("g", "a"))["status"] == "cancelled"
         assert any(r.getMessage() == "metrics observer failed" for r in caplog.records)
+        installed.end_to_end_latency = working
         # the engine still serves, and the other histograms still count
         assert await engine.submit(NewTask(group="g", id="b", payload=msgspec.Raw(b"1"))) is False
         body, _ = metrics.render(engine)

@@ -17,11 +17,18 @@ durations. See ``docs/operations.md`` for the full list.
 from __future__ import annotations
 
 import logging
+import math
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -81,7 +88,14 @@ APPEND_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
-_TERMINAL = (ev.Completed, ev.Failed, ev.Cancelled, ev.Expired)
+_TERMINAL_TYPES = (ev.Completed, ev.Failed, ev.Cancelled, ev.Expired)
+_PENDING_AGAIN = (ev.Retrying, ev.Requeued)
+_TERMINAL: dict[type, str] = {
+    ev.Completed: "completed",
+    ev.Failed: "failed",
+    ev.Cancelled: "cancelled",
+    ev.Expired: "expired",
+}
 
 
 class EngineCollector(Collector):
@@ -196,7 +210,45 @@ class EngineCollector(Collector):
         yield CounterMetricFamily("mawex_snapshots", "Snapshots saved", value=stats["snapshots"])
 
 
-class EngineMetrics:
+class LoopHistogram:
+    """A histogram owned by the engine's event loop: no locks, one bisect per sample.
+
+    prometheus_client's ``Histogram`` takes a lock and validates labels on every
+    ``observe`` (several microseconds); the engine loop observes twice per task,
+    so this keeps the samples in plain lists and builds the metric family only when
+    scraped (scrapes run on the same loop, so nothing races).
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label_names = labels
+        self.buckets = buckets
+        #: label values → [count per bucket (+Inf last)..., sum]
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        series[bisect_left(self.buckets, value)] += 1
+        series[-1] += value
+
+    def collect(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.label_names))
+        for labels, series in sorted(self.series.items()):
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip((*self.buckets, math.inf), series[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+            family.add_metric(list(labels), buckets, series[-1])
+        return family
+
+
+class EngineMetrics(Collector):
     """The registry of one master: collector, histograms, and the observer feeding them."""
 
     def __init__(self, engine: Engine, *, process: bool = True) -> None:
@@ -205,36 +257,44 @@ class EngineMetrics:
         self.registry.register(EngineCollector(engine))
         if process:
             ProcessCollector(registry=self.registry)
-        self.dispatch_latency = Histogram(
+        self.dispatch_latency = LoopHistogram(
             "mawex_dispatch_latency_seconds",
-            "Time a task waited to be dispatched: accepted (or requeued) → scheduled",
-            ["group"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            "Time a task waited to be dispatched: accepted (or requeued, retried) → scheduled",
+            ("group",),
+            LATENCY_BUCKETS,
         )
-        self.end_to_end_latency = Histogram(
+        self.end_to_end_latency = LoopHistogram(
             "mawex_end_to_end_latency_seconds",
             "Time from acceptance to the terminal result",
-            ["group", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            ("group", "status"),
+            LATENCY_BUCKETS,
         )
-        self.append_latency = Histogram(
+        self.append_latency = LoopHistogram(
             "mawex_journal_append_duration_seconds",
             "Duration of one journal append transaction (group commit)",
-            buckets=APPEND_BUCKETS,
-            registry=self.registry,
+            (),
+            APPEND_BUCKETS,
         )
-        self.batch_size = Histogram(
+        self.batch_size = LoopHistogram(
             "mawex_journal_append_batch_events",
             "Events per journal append transaction",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+            (),
+            BATCH_BUCKETS,
         )
+        self.registry.register(self)
         self._append_seconds = float(engine.stats["append_seconds"])
         # when a retried or requeued task became pending again (first attempts use accepted_at)
         self._pending_since: dict[tuple[str, str], float] = {}
         engine.observers.append(self.observe)
+
+    def collect(self) -> Iterator[Metric]:
+        for histogram in (
+            self.dispatch_latency,
+            self.end_to_end_latency,
+            self.append_latency,
+            self.batch_size,
+        ):
+            yield histogram.collect()
 
     def observe(self, events: list[ev.Event], now: float) -> None:
         """Engine observer: called after each commit with the events it made durable.
@@ -254,25 +314,29 @@ class EngineMetrics:
         self.batch_size.observe(len(events))
         tasks = self.engine.state.tasks
         pending_since = self._pending_since
+        dispatch = self.dispatch_latency.observe
+        end_to_end = self.end_to_end_latency.observe
         for event in events:
+            if type(event) is ev.Accepted:  # the most common event, nothing to measure yet
+                continue
             if isinstance(event, ev.Scheduled):
                 key = (event.group, event.id)
-                since = pending_since.pop(key, None)
+                since = pending_since.pop(key, None) if pending_since else None
                 if since is None and event.attempt == 1:
                     record = tasks.get(key)
                     since = record.accepted_at if record is not None else None
                 if since is not None:
-                    self.dispatch_latency.labels(event.group).observe(max(0.0, event.at - since))
-            elif isinstance(event, ev.Retrying | ev.Requeued):
-                pending_since[(event.group, event.id)] = event.at
-            elif isinstance(event, _TERMINAL):
+                    dispatch(max(0.0, event.at - since), (event.group,))
+            elif isinstance(event, _TERMINAL_TYPES):
                 key = (event.group, event.id)
-                pending_since.pop(key, None)
+                if pending_since:
+                    pending_since.pop(key, None)
                 record = tasks.get(key)
                 if record is not None:
-                    self.end_to_end_latency.labels(event.group, ev.type_of(event)).observe(
-                        max(0.0, event.at - record.accepted_at)
-                    )
+                    status = _TERMINAL[type(event)]
+                    end_to_end(max(0.0, event.at - record.accepted_at), (event.group, status))
+            elif isinstance(event, _PENDING_AGAIN):
+                pending_since[(event.group, event.id)] = event.at
 
     def render(self) -> tuple[bytes, str]:
         """The metrics page and its content type."""
