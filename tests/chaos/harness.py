@@ -47,6 +47,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def run_budget(tasks: int, events: int) -> float:
+    """Seconds a run of this size may take on a busy small machine."""
+    return 90.0 + 0.03 * tasks + 10.0 * events
+
+
 @dataclass
 class ChaosConfig:
     tasks: int = field(default_factory=lambda: env_int("MAWEX_CHAOS_TASKS", 1000))
@@ -63,8 +68,8 @@ class ChaosConfig:
     )
     groups: tuple[str, ...] = ("a", "b")
     task_seconds: tuple[float, ...] = (0.002, 0.01, 0.03)
-    #: Upper bound of the whole run, and of each recovery.
-    deadline_s: float = 150.0
+    #: Upper bound of the whole run (grows with the sizes), and of each recovery.
+    deadline_s: float = 0.0
     recover_s: float = 30.0
     #: SQLite: how long a paused leader may block the takeover before the test resumes it.
     sqlite_stall_s: float = 5.0
@@ -169,6 +174,8 @@ class ChaosRun:
 
     def __init__(self, workdir: Path, journal: str, config: ChaosConfig | None = None) -> None:
         self.config = config or ChaosConfig()
+        if not self.config.deadline_s:
+            self.config.deadline_s = run_budget(self.config.tasks, self.config.events)
         self.workdir = workdir
         self.journal_url = journal
         self.rng = random.Random(self.config.seed)

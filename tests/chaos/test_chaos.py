@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ChaosRun
+from .harness import ChaosConfig, ChaosRun, run_budget
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+_SIZE = ChaosConfig()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(60 + run_budget(_SIZE.tasks, _SIZE.events)),
+]
 
 
 def _run(tmp_path: Path, journal: str) -> None:

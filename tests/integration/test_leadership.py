@@ -263,3 +263,67 @@ async def test_an_unexpected_error_in_the_loop_steps_down_and_recovers(
         assert {("g", "before"), ("g", "after")} <= engine.state.tasks.keys()
     finally:
         await engine.stop()
+
+
+async def test_a_lagging_standby_does_not_skip_records_trimmed_between_kept_topic_records(
+    journal_factory: Callable[[], Journal],
+) -> None:
+    """The standby's next record is a retained topic record, the ones after it were trimmed.
+
+    Reading on from there returns kept topic records with gaps between them; applying
+    them as if contiguous would skip the trimmed submissions (tasks silently lost).
+    """
+    settings = EngineSettings(lease_ttl=30, tick_s=0.05)
+    leader = Engine(journal_factory(), settings)
+    await leader.start()
+    await leader.wait_leader(5)
+    standby = Engine(journal_factory(), settings)
+    await standby.start()
+    for task in standby._tasks:  # no background tailing: the test drives catch_up()
+        task.cancel()
+    try:
+        await leader.submit(_task("t1"))  # 1: accepted
+        await standby.catch_up()
+        assert standby.state.offset == leader.state.offset
+        await leader.cancel("g", "t1")  # cancelled: a topic record, kept by trim
+        await leader.submit(_task("t2"))  # accepted: trimmed below the snapshot
+        await leader.submit(_task("t3"))  # accepted: trimmed
+        await leader.cancel("g", "t3")  # cancelled: kept
+        await leader.save_snapshot()
+        kept = [(r.offset, r.topic is not None) for r in await leader.journal.read(1, 100)]
+        assert kept[0] == (standby.state.offset + 1, True)
+        assert any(not is_topic for _, is_topic in kept) is False
+        await leader.submit(_task("t4"))
+        await standby.catch_up()
+        assert standby.state.offset == leader.state.offset
+        assert standby.state.tasks.keys() == leader.state.tasks.keys()
+        assert standby.get("g", "t2")["status"] == "pending"
+        assert standby.get("g", "t3")["status"] == "cancelled"
+    finally:
+        await standby.stop()
+        await leader.stop()
+
+
+async def test_a_standby_that_fails_to_apply_a_record_recovers_and_can_take_over(
+    engines: list[Engine],
+) -> None:
+    leader = await _leader(engines)
+    standby = next(e for e in engines if e is not leader)
+    catch_up = standby.catch_up
+    failures = 0
+
+    async def broken_once() -> int:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise KeyError("a record the state cannot apply")
+        return await catch_up()
+
+    standby.catch_up = broken_once  # type: ignore[method-assign]
+    await leader.submit(_task("t1"))
+    async with asyncio.timeout(TTL * 10):
+        while failures == 0 or standby.state.offset < leader.state.offset:
+            await asyncio.sleep(0.02)
+    await leader.stop()
+    await _leader([standby])
+    assert ("g", "t1") in standby.state.tasks

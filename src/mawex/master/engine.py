@@ -163,6 +163,10 @@ class Engine:
         self.lease = None
         await self.journal.close()
 
+    async def rebuild(self) -> None:
+        """Throw the state away and rebuild it from the journal (snapshot + replay)."""
+        await self._rebuild()
+
     async def _rebuild(self) -> None:
         snapshot = await self.journal.load_snapshot()
         if snapshot is not None:
@@ -177,7 +181,10 @@ class Engine:
         """Apply journal records written by others since our offset (standby tailing).
 
         If the leader trimmed records we have not applied yet, a newer snapshot
-        covers them: load it and continue from there.
+        covers them: load it and continue from there. Trim keeps the retained topic
+        records below the snapshot, so a read can return a record that follows ours
+        and then gaps: only the contiguous prefix is applied, the gap after it is
+        found by the next read.
         """
         applied = 0
         while True:
@@ -197,12 +204,16 @@ class Engine:
                 continue
             if not records:
                 return applied
+            contiguous = 0
             for record in records:
+                if record.offset != self.state.offset + 1:
+                    break  # records trimmed under us: the next read finds the snapshot
                 self.state.apply(ev.decode(record.body))
                 self.state.offset = record.offset
-            applied += len(records)
+                contiguous += 1
+            applied += contiguous
             if self.role != "leader":
-                self.topic.publish(records)
+                self.topic.publish(records[:contiguous])
 
     def _load_snapshot(self, snapshot: Snapshot) -> None:
         state = MasterState.from_snapshot(snapshot.body)

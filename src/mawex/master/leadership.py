@@ -78,6 +78,14 @@ async def _lease_loop(engine: Engine) -> None:
             await engine.catch_up()
         except JournalError as exc:
             log.warning("journal unavailable: %s", exc, extra={"action": "journal_unavailable"})
+        except Exception:
+            # A record this master cannot apply: never let the loop die silently (the
+            # master would neither follow the journal nor ever take over). Start over
+            # from the snapshot; if the failure repeats, it is logged each time.
+            log.exception("cannot follow the journal", extra={"action": "follow_failed"})
+            await engine.step_down("cannot follow the journal")
+            with contextlib.suppress(Exception):
+                await engine.rebuild()
         await asyncio.sleep(STANDBY_POLL_S)
 
 
