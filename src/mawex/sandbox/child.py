@@ -61,7 +61,9 @@ __all__ = [
     "Failed",
     "Ready",
     "RunRequest",
+    "Spare",
     "Started",
+    "Want",
     "ZygoteMessage",
     "apply_memory_limit",
     "decode_zygote_message",
@@ -393,7 +395,19 @@ class Exited(_Control, frozen=True, tag="exited"):
     status: int
 
 
-ZygoteMessage = RunRequest | Ready | Failed | Started | Exited
+class Want(_Control, frozen=True, tag="want"):
+    """Worker → zygote: fork a spare child and lend it to me (a ``spare`` message answers)."""
+
+
+class Spare(_Control, frozen=True, tag="spare"):
+    """Zygote → worker: child ``pid`` waits for ONE ``run`` request on the socket that rides
+    along (SCM_RIGHTS). Handing it the task directly spares the zygote's hop on the task's
+    path; the zygote still reports the child's exit."""
+
+    pid: int
+
+
+ZygoteMessage = RunRequest | Ready | Failed | Started | Exited | Want | Spare
 _control_encoder = msgspec.json.Encoder()
 _control_decoder = msgspec.json.Decoder(ZygoteMessage)
 
@@ -432,8 +446,10 @@ class _Zygote:
         self.memory_mb = memory_mb
         self.chdir = chdir
         self.children: set[int] = set()
-        #: The child forked ahead for the next task, and the socket to hand it the task.
+        #: A child forked ahead for a run request, and the socket to hand it the task.
         self.spare: tuple[int, socket.socket] | None = None
+        #: Whether the worker asked for a spare of its own.
+        self.wanted = False
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
@@ -455,11 +471,8 @@ class _Zygote:
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         try:
             while not self.stopping:
-                if self.spare is None:
-                    try:
-                        self._make_spare()
-                    except OSError as exc:  # out of processes: try again at the next request
-                        print(f"mawex zygote: cannot fork: {exc}", file=sys.stderr)
+                if self.wanted:
+                    self._lend_spare()
                 for key, _ in self.selector.select():
                     if key.data == "wake":
                         self._drain_wakeup()
@@ -517,6 +530,10 @@ class _Zygote:
             return True
         if isinstance(message, RunRequest):
             self._fork(message, fds)
+        elif isinstance(message, Want):
+            self.wanted = True
+            for fd in fds:
+                os.close(fd)
         else:
             for fd in fds:
                 os.close(fd)
@@ -553,6 +570,22 @@ class _Zygote:
             self.send(Started(n=request.n, error=error))
         else:
             self.send(Started(n=request.n, pid=pid))
+
+    def _lend_spare(self) -> None:
+        """Give the worker a spare child (its socket rides along): the next task skips us."""
+        try:
+            pid, link = self._take_spare()
+        except OSError as exc:  # out of processes: the worker falls back to run requests
+            print(f"mawex zygote: cannot fork: {exc}", file=sys.stderr)
+            return
+        self.wanted = False
+        try:
+            socket.send_fds(self.control, [encode_control(Spare(pid=pid))], [link.fileno()])
+        except OSError:
+            _kill_quietly(pid)
+            self.stopping = True  # the worker is gone
+        finally:
+            link.close()
 
     def _take_spare(self) -> tuple[int, socket.socket]:
         if self.spare is None:

@@ -75,7 +75,9 @@ from mawex.sandbox.child import (
     Failed,
     Ready,
     RunRequest,
+    Spare,
     Started,
+    Want,
     ZygoteMessage,
     decode_zygote_message,
     encode_control,
@@ -243,6 +245,8 @@ class _Zygote:
         self._starts: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._ends: dict[int, tuple[asyncio.Future[None], int | None]] = {}
+        #: A child the zygote lent us, waiting for one run request on its socket.
+        self._spare: tuple[int, socket.socket] | None = None
         #: Completes when the control socket closes: the zygote is dead or dying.
         self.died: asyncio.Future[None] = self._loop.create_future()
         #: The zygote's exit code (Popen's convention: negative for a signal).
@@ -282,14 +286,19 @@ class _Zygote:
     def _readable(self) -> None:
         while True:
             try:
-                data = self.control.recv(CONTROL_MAX)
+                data, fds, _flags, _addr = socket.recv_fds(self.control, CONTROL_MAX, 2)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:
+                for fd in fds:
+                    os.close(fd)
                 self._gone()
                 return
+            if fds:
+                self._on_spare(data, fds)
+                continue
             try:
                 message = decode_zygote_message(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -299,6 +308,34 @@ class _Zygote:
                 )
                 continue
             self._on_message(message)
+
+    def _on_spare(self, data: bytes, fds: list[int]) -> None:
+        for fd in fds[1:]:
+            os.close(fd)
+        try:
+            message = decode_zygote_message(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            message = None
+        if not isinstance(message, Spare):
+            os.close(fds[0])
+            return
+        self._drop_spare()
+        link = socket.socket(fileno=fds[0])
+        link.setblocking(False)
+        self._spare = (message.pid, link)
+
+    def _drop_spare(self) -> None:
+        if self._spare is not None:
+            self._spare[1].close()  # the spare sees EOF and exits
+            self._spare = None
+
+    def want_spare(self) -> None:
+        """Ask the zygote to lend us a spare child for the next task."""
+        if self.alive:
+            try:
+                self.control.send(encode_control(Want()))
+            except OSError:  # full (never, for so few bytes) or gone: requests still work
+                pass
 
     def _on_message(self, message: ZygoteMessage) -> None:
         if isinstance(message, Started):
@@ -317,9 +354,13 @@ class _Zygote:
             if exit_future is not None:
                 _settle(exit_future, message.status)
             self._ended(message.pid)
+            if self._spare is not None and self._spare[0] == message.pid:  # died unused
+                self._drop_spare()
+                self.want_spare()
         elif isinstance(message, Ready):
             self.warm = message.warm
             _settle(self._ready, message)
+            self.want_spare()
         elif isinstance(message, Failed):
             _settle(self._ready, error=ExecutorLoadError(message.error))
 
@@ -330,6 +371,7 @@ class _Zygote:
     def _gone(self) -> None:
         if self.died.done():
             return
+        self._drop_spare()
         self._loop.remove_reader(self.control.fileno())
         self.control.close()
         error = _ZygoteGone("the zygote process died")
@@ -359,6 +401,21 @@ class _Zygote:
         if not self.alive:
             raise _ZygoteGone("the zygote process died")
         self._n += 1
+        spare, self._spare = self._spare, None
+        if spare is not None:  # hand the task to the lent child directly
+            pid, link = spare
+            try:
+                socket.send_fds(
+                    link, [encode_control(RunRequest(n=self._n, url=url, secret=secret))], fds
+                )
+            except OSError:
+                pass  # it died unused: ask the zygote instead
+            else:
+                self._exits.setdefault(pid, self._loop.create_future())
+                return pid
+            finally:
+                link.close()
+                self.want_spare()
         started: asyncio.Future[int] = self._loop.create_future()
         self._starts[self._n] = started
         data = encode_control(RunRequest(n=self._n, url=url, secret=secret))
@@ -822,12 +879,15 @@ class ForkedSandbox:
         outcome = expectation.outcome
         await self._first(outcome, exited, zygote.died, attempt.stop, deadline=deadline)
         if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-            # The child exits once its result is written: wait for that, briefly.
-            await _wait_any(ended, zygote.died, timeout=self.exit_grace_s)
             reported = outcome.result()
-            if not reported.ok:  # its output will be quoted: read it to the end
-                _kill_group(pid, leader_alive=not ended.done())
-                await output.drain(0.5)
+            # The child exits once its result is written. Wait for that (briefly; the
+            # group is killed anyway): the kernel has released its memory by then, so
+            # the pod's next task never shares the machine with a dying one.
+            await _wait_any(ended, zygote.died, timeout=self.exit_grace_s)
+            if reported.ok:
+                return reported
+            _kill_group(pid, leader_alive=not ended.done())
+            await output.drain(0.5)  # its output will be quoted: read it to the end
             return self._reported(reported, output)
         over = exited.done() or outcome.done() or zygote.died.done()
         if attempt.stop.done() or not over:
