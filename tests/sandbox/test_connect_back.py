@@ -330,3 +330,67 @@ def test_executor_command_needs_connect() -> None:
         [sys.executable, "-m", "mawex", "executor"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "--connect URL is required" in proc.stderr
+
+
+async def bound_pair(payload: object) -> tuple[ConnectBackServer, Expectation, Any, Any]:
+    server = ConnectBackServer()
+    secret = server.new_secret()
+    expectation = server.expect(secret, frame(payload))
+    ours, theirs = socket.socketpair()
+    server.attach(ours, expectation)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    return server, expectation, reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
+    return decode_worker_frame(await reader.readexactly(size))
+
+
+def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(FRAME_HEADER.pack(len(data)) + data)
+
+
+async def test_bound_socket_sends_the_task_before_register() -> None:
+    server, expectation, reader, writer = await bound_pair({"eager": True})
+    task = await read_frame(reader)  # nothing sent yet: the task is already there
+    assert isinstance(task, TaskFrame) and msgspec.json.decode(task.payload) == {"eager": True}
+    write_frame(writer, encode(Register(secret=expectation.secret, pid=42)))
+    write_frame(writer, encode(Log(line="working")))
+    write_frame(writer, encode(Result(ok=True, result=msgspec.Raw(b"1"))))
+    assert isinstance(await read_frame(reader), AckFrame)
+    assert await expectation.registered == 42
+    assert (await expectation).result == b"1"
+    writer.close()
+    assert server.waiting == 0
+    await server.close()
+
+
+@pytest.mark.parametrize(
+    ("frames", "match"),
+    [
+        ([encode(Register(secret="wrong"))], "with its secret"),
+        ([encode(Log(line="too early"))], "register frame first"),
+        ([b"\xff not json"], "invalid frame"),
+        ([], "before registering"),
+    ],
+)
+async def test_bound_socket_protocol_errors(frames: list[bytes], match: str) -> None:
+    server, expectation, reader, writer = await bound_pair(None)
+    await read_frame(reader)
+    for data in frames:
+        write_frame(writer, data)
+    writer.close()
+    with pytest.raises(ChildLost, match=match):
+        await expectation
+    await server.close()
+
+
+async def test_bound_socket_lost_after_register() -> None:
+    server, expectation, reader, writer = await bound_pair(None)
+    await read_frame(reader)
+    write_frame(writer, encode(Register(secret=expectation.secret)))
+    writer.close()
+    with pytest.raises(ChildLost, match="before a result"):
+        await expectation
+    await server.close()

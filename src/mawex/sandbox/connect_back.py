@@ -202,6 +202,8 @@ class ConnectBackServer:
         """Stop listening, close every executor connection and abandon every expectation."""
         for expectation in [*self._pending.values(), *self._active.values()]:
             expectation._abandon()
+            if isinstance(expectation._connection, _BoundSocket):
+                expectation._connection.close_now()
         self._pending.clear()
         server, self._server = self._server, None
         if server is not None:
@@ -278,13 +280,21 @@ class ConnectBackServer:
 
         With ``expectation`` the socket is bound to that attempt: its task frame is
         written at once, so the executor finds it waiting when it registers (with
-        that attempt's secret, or the connection is refused).
+        that attempt's secret, or the connection is refused). This path is the
+        forked sandbox's, once per task: it runs on loop callbacks, without a task
+        or a stream.
         """
-        task = asyncio.ensure_future(self._handle_stream(sock, expectation))
+        if expectation is not None:
+            if self._pending.get(expectation.secret) is not expectation:
+                sock.close()  # cancelled already
+                return
+            _BoundSocket(self, sock, expectation)
+            return
+        task = asyncio.ensure_future(self._handle_stream(sock))
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
 
-    async def _handle_stream(self, sock: socket.socket, expectation: Expectation | None) -> None:
+    async def _handle_stream(self, sock: socket.socket) -> None:
         try:
             reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
         except OSError:
@@ -292,48 +302,9 @@ class ConnectBackServer:
             return
         channel = _StreamChannel(reader, writer, self.max_frame)
         try:
-            if expectation is None:
-                await self._handle(channel)
-            else:
-                await self._handle_bound(channel, expectation)
+            await self._handle(channel)
         finally:
             await channel.close(1000, "done")
-
-    async def _handle_bound(self, channel: _StreamChannel, expectation: Expectation) -> None:
-        """A socket bound to ``expectation``: task first, then register, then result."""
-        if self._pending.get(expectation.secret) is not expectation:
-            return  # cancelled already
-        try:
-            await channel.send(encode(expectation.task))
-        except _Closed as exc:
-            expectation._finish(lost=f"connection lost before the task was sent ({exc})")
-            return
-        try:
-            async with asyncio.timeout(self.register_timeout):
-                first = await channel.recv()
-        except TimeoutError:
-            expectation._finish(lost="no register frame")
-            return
-        except _Closed as exc:
-            expectation._finish(lost=f"connection lost before registering ({exc})")
-            return
-        try:
-            frame = decode_executor_frame(first)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            expectation._finish(lost=f"protocol error: invalid register frame: {exc}")
-            return
-        if not isinstance(frame, Register) or frame.secret != expectation.secret:
-            expectation._finish(lost="protocol error: expected a register frame with its secret")
-            return
-        if self._pending.pop(expectation.secret, None) is not expectation:
-            return  # cancelled meanwhile
-        self._active[expectation.secret] = expectation
-        expectation._connection = channel
-        try:
-            await self._serve(channel, expectation, frame, task_sent=True)
-        finally:
-            self._active.pop(expectation.secret, None)
-            expectation._connection = None
 
     # -- the connection handler -------------------------------------------------------
 
@@ -423,6 +394,138 @@ class ConnectBackServer:
             self.on_log(secret, line)
         else:
             log.info(line, extra={"action": "executor_log"})
+
+
+class _BoundSocket:
+    """An ``fd://`` socket bound to one expectation, served on loop callbacks.
+
+    Writes the task frame at once, then reads: ``register`` (with the expectation's
+    secret), any ``log`` frames, and the ``result``, which it answers with ``ack``.
+    End of file, an invalid frame, or a frame over ``max_frame`` end it early
+    (:class:`ChildLost`); :meth:`close_now` (on the expectation's cancel) ends it quietly.
+    """
+
+    peer = "inherited socket"
+
+    def __init__(
+        self, server: ConnectBackServer, sock: socket.socket, expectation: Expectation
+    ) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.expectation = expectation
+        self.loop = asyncio.get_running_loop()
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.registered = False
+        self.open = True
+        sock.setblocking(False)
+        secret = expectation.secret
+        server._pending.pop(secret, None)
+        server._active[secret] = expectation
+        expectation._connection = self
+        self.loop.add_reader(self.fd, self._readable)
+        self._write(encode(expectation.task))
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        self.outbox += FRAME_HEADER.pack(len(frame)) + frame
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.open:
+            return
+        try:
+            sent = self.sock.send(self.outbox)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the executor is gone: what it sent may still be read
+            self.outbox.clear()
+            sent = 0
+        del self.outbox[:sent]
+        if self.outbox:
+            self.loop.add_writer(self.fd, self._flush)
+        else:
+            self.loop.remove_writer(self.fd)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(lost=f"connection lost before a result ({exc})")
+            return
+        if not data:
+            what = "a result" if self.registered else "registering"
+            self._end(lost=f"connection lost before {what} (connection closed)")
+            return
+        self.inbox += data
+        while self.open and len(self.inbox) >= FRAME_HEADER.size:
+            (size,) = FRAME_HEADER.unpack_from(self.inbox)
+            if size > self.server.max_frame:
+                self._end(lost=f"protocol error: a frame of {size} bytes is over the limit")
+                return
+            if len(self.inbox) < FRAME_HEADER.size + size:
+                return
+            frame = bytes(self.inbox[FRAME_HEADER.size : FRAME_HEADER.size + size])
+            del self.inbox[: FRAME_HEADER.size + size]
+            self._on_frame(frame)
+
+    def _on_frame(self, data: bytes) -> None:
+        expectation = self.expectation
+        try:
+            frame = decode_executor_frame(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._end(lost=f"protocol error: invalid frame: {exc}")
+            return
+        if isinstance(frame, Register):
+            if self.registered or frame.secret != expectation.secret:
+                self._end(lost="protocol error: expected one register frame with its secret")
+                return
+            self.registered = True
+            if not expectation.registered.done():
+                expectation.registered.set_result(frame.pid)
+        elif not self.registered:
+            self._end(lost="protocol error: expected a register frame first")
+        elif isinstance(frame, Log):
+            self.server._log_line(expectation.secret, frame.line)
+        elif isinstance(frame, Result):
+            expectation._finish(_outcome(frame))
+            self._write(encode(AckFrame()))
+            self._end()
+
+    def _end(self, lost: str | None = None) -> None:
+        if lost is not None:
+            self.expectation._finish(lost=lost)
+        self.close_now()
+
+    def close_now(self) -> None:
+        """Stop serving and close the socket (idempotent)."""
+        if not self.open:
+            return
+        self.open = False
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+        self.sock.close()
+        self.server._active.pop(self.expectation.secret, None)
+        if self.expectation._connection is self:
+            self.expectation._connection = None
+
+    async def recv(self) -> bytes:
+        """Not used: the frames of a bound socket arrive on its callbacks."""
+        raise _Closed("a bound socket is read by its callbacks")
+
+    async def send(self, data: bytes) -> None:
+        """Send one frame."""
+        self._write(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket (the _Channel protocol)."""
+        self.close_now()
 
 
 class _Closed(Exception):

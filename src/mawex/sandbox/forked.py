@@ -852,6 +852,9 @@ class ForkedSandbox:
 
     async def _zygote_for(self, attempt: _Attempt, deadline: float | None) -> _Zygote | Outcome:
         """The running zygote (started anew if it died), or the Outcome that ends the attempt."""
+        zygote = self._zygote
+        if zygote is not None and zygote.alive and self._launching is None:
+            return zygote
         launching = asyncio.ensure_future(self._ensure_zygote())
         await self._first(launching, attempt.stop, deadline=deadline)
         if not launching.done():
