@@ -115,6 +115,12 @@ async def test_payload_round_trip(make_sandbox: MakeSandbox, mode: str) -> None:
     assert result(await sandbox.run(task(payload), 30)) == payload
 
 
+async def test_large_payload_and_result(make_sandbox: MakeSandbox) -> None:
+    sandbox = await make_sandbox(f"{HERE}:echo", mode="warm")
+    payload = {"blob": "x" * (3 * 1024 * 1024), "n": list(range(10000))}
+    assert result(await sandbox.run(task(payload), 60)) == payload
+
+
 async def test_class_executor_is_built_once_in_the_zygote(make_sandbox: MakeSandbox) -> None:
     sandbox = await make_sandbox(f"{HERE}:Configured", {"greeting": "hello"}, mode="warm")
     first = result(await sandbox.run(task("world"), 30))
