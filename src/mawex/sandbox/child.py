@@ -11,13 +11,15 @@ not), :data:`EXIT_REJECTED` when the worker refused the secret, :data:`EXIT_CHAN
 when the channel failed.
 
 The zygote (``mawex executor --zygote``, :func:`zygote_main`) is the forked sandbox's
-pre-started parent: it imports the executor and builds it once, then, per request on
-its control socket, forks ONE child that runs one task (warm mode) or executes a fresh
-``python -m mawex executor --connect URL`` (spawn mode). Every child leads a session of
-its own (so its whole process group can be killed), writes its stdout/stderr to the
-pipe the worker sent along, and dies with the zygote. The zygote reports each child's
-pid and wait status; it ends, killing every child's process group, when its control
-socket closes, when it receives SIGTERM, or when its parent (the worker) dies.
+pre-started parent: it imports the executor and builds it once, then forks children
+ahead of time. Each child waits for ONE ``run`` request — sent by the worker directly
+to a child the zygote lent it (``want``/``spare``), or relayed by the zygote — and then
+runs that one task (warm mode) or executes a fresh ``python -m mawex executor --connect
+URL`` (spawn mode). Every child leads a session of its own (so its whole process group
+can be killed), writes its stdout/stderr to the pipe that came with its request, and
+dies with the zygote. The zygote reports each child's wait status; it ends, killing
+every child's process group, when its control socket closes, when it receives SIGTERM,
+or when its parent (the worker) dies.
 
 Nothing here imports the worker or the master: this is the hot path of every task.
 """

@@ -7,29 +7,34 @@ of the process's output (its stdout and stderr, at most ``output_limit`` bytes).
 
 How it runs
 -----------
-:meth:`ForkedSandbox.start` starts a :class:`~mawex.sandbox.connect_back.ConnectBackServer`
-and a **zygote** (``mawex executor --zygote FD ...``, started lean with
-``python -c``, see
-:mod:`mawex.sandbox.child`): a helper process with a control socket to the worker.
-Per attempt the worker registers a one-time secret with the server, sends the zygote
-the ``--connect`` URL (and the write end of a fresh output pipe), and the zygote forks
-ONE child for it:
+:meth:`ForkedSandbox.start` starts a **zygote** (``mawex executor --zygote FD ...``,
+started lean with ``python -c``, see :mod:`mawex.sandbox.child`): a helper process
+with a control socket to the worker. The zygote forks children ahead of time and
+lends the worker one at a time (a *spare*, with a socket to reach it). Per attempt the
+worker registers a one-time secret with its
+:class:`~mawex.sandbox.connect_back.ConnectBackServer`, makes a socket pair (the
+connect-back channel: ``fd://`` URLs, no network, no handshake) and a pipe for the
+child's output, and hands the spare one ``run`` request with both — or, when it has
+no spare, asks the zygote, which forks one on the spot. Then the zygote forks the
+next spare while the task runs, so no task waits for a fork:
 
 - **warm** mode: the zygote imported the executor and built it (with the ``--arg``
-  values) once, at start; the child runs the task with it and exits. A fork costs
-  about a millisecond: this is the default where it is safe, i.e. on Linux when
-  loading the executor left the zygote single-threaded (forking a process with
-  threads can deadlock the child; ``auto`` then falls back to spawn mode).
+  values) once, at start; the child runs the task with it and exits. This is the
+  default where it is safe, i.e. on Linux when loading the executor left the zygote
+  single-threaded (forking a process with threads can deadlock the child; ``auto``
+  then falls back to spawn mode).
 - **spawn** mode: the child executes a fresh ``python -m mawex executor --connect URL``
   which loads the executor itself: tens to hundreds of milliseconds per task, for
   executors that cannot be forked or must start from a clean interpreter.
 
-Either way the child connects back, registers, receives the ``task`` frame, runs it
-and reports the ``result`` (the same protocol as the ``k8s`` sandbox). It leads a
-session of its own, so its whole process group — grandchildren included — is killed
-with ``SIGKILL`` when the attempt times out, is cancelled, or when the sandbox closes,
-and whatever the task left running is killed when the attempt ends. The zygote
-reports every child's wait status.
+Either way the child registers, receives the ``task`` frame, runs it and reports the
+``result`` (the protocol of :mod:`mawex.wire.executor`, as in the ``k8s`` sandbox;
+``channel="ws"`` makes the children connect back over the WebSocket server instead).
+It leads a session of its own, so its whole process group — grandchildren included —
+is killed with ``SIGKILL`` when the attempt times out, is cancelled, or when the
+sandbox closes, and whatever the task left running is killed when the attempt ends.
+An attempt is over once its process has exited (seen through a pidfd), so the pod's
+next task never runs beside it; the zygote reports every child's wait status.
 
 Limits and environment
 ----------------------
