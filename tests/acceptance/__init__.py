@@ -1,0 +1,1 @@
+"""End-to-end tests: real ``mawex master`` / ``mawex worker`` processes on loopback."""
