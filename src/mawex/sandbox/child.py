@@ -665,7 +665,7 @@ class _Zygote:
             exit_now(code)
 
     def _exec(self, url: str) -> None:
-        argv = [sys.executable, "-m", "mawex", "executor", "--connect", url]
+        argv = [sys.executable, "-c", EXECUTOR_BOOT, "--connect", url]
         if self.memory_mb:
             argv += ["--memory-limit", str(self.memory_mb)]
         if self.chdir:
@@ -781,6 +781,14 @@ def zygote_main(
     zygote.serve()
     return 0
 
+
+#: How a spawn-mode child runs ``mawex executor``: ``python -c EXECUTOR_BOOT --connect URL``
+#: is that very command, loaded without the other commands of ``mawex`` (a third of the
+#: start-up time of ``python -m mawex executor``, which a fresh interpreter pays per task).
+EXECUTOR_BOOT = (
+    "import sys; sys.path[0] = __import__('os').getcwd(); "
+    "from mawex.cli.executor import executor; executor.main(prog_name='mawex executor')"
+)
 
 #: How the forked sandbox starts its zygote: ``python -c ZYGOTE_BOOT --zygote FD ...``. Lighter
 #: than ``python -m mawex executor --zygote FD ...`` (which works too): no command-line

@@ -23,9 +23,10 @@ next spare while the task runs, so no task waits for a fork:
   default where it is safe, i.e. on Linux when loading the executor left the zygote
   single-threaded (forking a process with threads can deadlock the child; ``auto``
   then falls back to spawn mode).
-- **spawn** mode: the child executes a fresh ``python -m mawex executor --connect URL``
-  which loads the executor itself: tens to hundreds of milliseconds per task, for
-  executors that cannot be forked or must start from a clean interpreter.
+- **spawn** mode: the child executes a fresh interpreter running ``mawex executor
+  --connect URL`` (:data:`~mawex.sandbox.child.EXECUTOR_BOOT`), which loads the
+  executor itself: tens to hundreds of milliseconds per task, for executors that
+  cannot be forked or must start from a clean interpreter.
 
 Either way the child registers, receives the ``task`` frame, runs it and reports the
 ``result`` (the protocol of :mod:`mawex.wire.executor`, as in the ``k8s`` sandbox;
