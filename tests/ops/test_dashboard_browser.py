@@ -169,6 +169,8 @@ def test_dashboard_follows_a_running_cluster(cluster: LocalCluster, page: Any) -
     )
     expect(page.locator('#masters tbody tr[data-role="standby"]')).to_have_count(1)
     expect(page.locator('#masters tbody tr[data-role="leader"] a')).to_have_text(leader_url)
+    # workers are connected to the leader, and the standby says where to see them
+    expect(page.locator("#pods-on-leader a")).to_have_text(leader_url)
     # standbys serve the result topic too
     expect(page.locator('#results tbody tr[data-type="completed"]')).to_have_count(
         21, timeout=UI_TIMEOUT_MS
