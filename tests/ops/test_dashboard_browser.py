@@ -105,6 +105,7 @@ def test_dashboard_follows_a_running_cluster(cluster: LocalCluster, page: Any) -
     expect(slow_worker).to_have_attribute("data-status", "idle")
     expect(slow_worker.locator(".sandbox")).to_have_text("local")
     expect(page.locator("#results tbody tr[data-type]")).to_have_count(0)
+    expect(page.locator("#results-note")).to_contain_text("WebSocket")
 
     with mawex.Client([leader_url]) as client:
         # a slow task: its worker turns busy with it, for a growing time
@@ -200,11 +201,18 @@ def test_dashboard_asks_for_the_token(cluster: LocalCluster, page: Any) -> None:
     page.click("#auth button")
     expect(page.locator("#role")).to_have_text("leader", timeout=UI_TIMEOUT_MS)
     expect(form).to_be_hidden()
+    # a browser WebSocket cannot send the token header: the page long-polls instead
+    expect(page.locator("#results-note")).to_contain_text("long poll")
 
     with mawex.Client([url], token="s3cret-token") as client:
         client.submit("g", {"n": 1}, id="with-token")
+        client.cancel("g", "with-token")
+        client.submit("g", {"n": 2}, id="pending")
     expect(page.locator('#groups tbody tr[data-group="g"] .pending')).to_have_text(
         "1", timeout=UI_TIMEOUT_MS
+    )
+    expect(page.locator('#results tbody tr[data-type="cancelled"]')).to_have_count(
+        1, timeout=UI_TIMEOUT_MS
     )
     # the token is asked once per tab: a reload goes straight to the dashboard
     page.reload()
