@@ -17,7 +17,9 @@ starts a fresh interpreter per task, so it runs ``--spawn-tasks`` tasks only.
 Other work on the machine inflates every figure: compare figures of one run.
 
 Run: ``.venv/bin/python bench/sandbox_overhead.py [--tasks 500] [--spawn-tasks 50]
-[--json out.json]``
+[--json out.json]``. On a machine shared with other work, ``chrt -f 10`` in front
+(as root) gives the benchmark and the processes it starts real-time priority, so
+the figures show the sandbox's own cost rather than the queue for a CPU.
 """
 
 from __future__ import annotations
