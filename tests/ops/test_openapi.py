@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -62,8 +63,10 @@ def _route_paths(routes: list[BaseRoute]) -> set[tuple[str, str]]:
 
 async def test_every_route_is_documented() -> None:
     engine = Engine(MemoryJournal())
-    app = create_app(engine)
-    routes = _route_paths(app.routes)  # type: ignore[attr-defined]
+    app: Any = create_app(engine)
+    while not hasattr(app, "routes"):  # unwrap ASGI middleware (auth, limits) to the router
+        app = app.app
+    routes = _route_paths(app.routes)
     documented = {(path, method) for path, item in spec()["paths"].items() for method in item}
     assert routes == documented
 
