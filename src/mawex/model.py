@@ -36,7 +36,7 @@ class TaskStatus(StrEnum):
 
 def check_id(value: object, what: str = "id") -> str:
     """Return ``value`` if it is a valid task id, else raise :class:`Rejected`."""
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise Rejected(
             f"invalid {what} {value!r}: 1-200 characters, a letter or digit first, "
             "then letters, digits and _ . : @ + = -"
@@ -46,7 +46,7 @@ def check_id(value: object, what: str = "id") -> str:
 
 def check_name(value: object, what: str = "group") -> str:
     """Return ``value`` if it is a valid group, pod or worker name, else raise :class:`Rejected`."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise Rejected(
             f"invalid {what} {value!r}: 1-64 characters, a letter or digit first, "
             "then letters, digits and _ . -"
