@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from typing import Any
 
 import click
@@ -110,6 +112,9 @@ def worker(
     from mawex.worker.runner import build_workers
 
     setup_logging(log_level, log_format)
+    # like `python -m`, find executors in the current directory (`mawex worker myjobs:Resize`)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     executor_args = parse_args(list(args))
     if sandbox == "local":
         load_executor(executor, executor_args)  # fail fast, before connecting
