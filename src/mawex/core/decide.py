@@ -172,24 +172,26 @@ def hello(state: MasterState, msg: wire.Hello, now: float) -> WorkerInfo:
     )
     state.add_worker(worker)
     slot = state.occupancy.get(msg.pod)
-    holds_slot = slot is not None and slot.worker == msg.worker
     running = msg.running
-    if running is not None:
-        ref = (running.group, running.id, running.attempt)
-        if holds_slot and slot is not None and (slot.group, slot.id, slot.attempt) == ref:
-            # still ours: a running attempt, or a finished one whose code still runs
-            state.set_worker_task(worker, ref, now)
-        else:
-            # not ours any more (failed over, retried elsewhere): stop it, keep the pod busy
-            state.set_worker_task(worker, ref, now, zombie=True)
-            state.send(msg.worker, wire.Cancel(*ref, reason="attempt is no longer yours"))
-        return worker
-    if holds_slot and slot is not None:
-        # the worker came back without the attempt it held: it was lost
+    ref = (running.group, running.id, running.attempt) if running is not None else None
+    if (
+        slot is not None
+        and slot.worker == msg.worker
+        and (slot.group, slot.id, slot.attempt) != ref
+    ):
+        # The worker holds an attempt it does not report. Worker ids are per process, so
+        # this is the same process: the assignment never reached it (a master died between
+        # committing it and sending it). Requeue it unfailed; its pod is free again.
         record = _running_attempt(state, msg.worker, slot.group, slot.id, slot.attempt)
         if record is not None:
-            fail_attempt(
-                state, record, f"worker {msg.worker} restarted mid-task", now, release=True
+            state.emit(
+                ev.Requeued(
+                    group=slot.group,
+                    id=slot.id,
+                    attempt=slot.attempt,
+                    reason=f"worker {msg.worker} never received it",
+                    at=now,
+                )
             )
         else:
             state.emit(
@@ -202,6 +204,15 @@ def hello(state: MasterState, msg: wire.Hello, now: float) -> WorkerInfo:
                     at=now,
                 )
             )
+        slot = None
+    if ref is not None:
+        if slot is not None and slot.worker == msg.worker:
+            # still ours: a running attempt, or a finished one whose code still runs
+            state.set_worker_task(worker, ref, now)
+        else:
+            # not ours any more (failed over, retried elsewhere): stop it, keep the pod busy
+            state.set_worker_task(worker, ref, now, zombie=True)
+            state.send(msg.worker, wire.Cancel(*ref, reason="attempt is no longer yours"))
     return worker
 
 
