@@ -17,6 +17,7 @@ from mawex.journal import open_journal
 from mawex.journal.base import Journal
 from mawex.master.engine import Engine, EngineSettings
 from mawex.server.app import create_app
+from mawex.server.limits import NetLimits, guarded_http_protocol
 from mawex.wire.api import ApiLimits
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ class LocalMaster:
 
     ``journal`` is a journal URL (``sqlite:///./mawex.db``, ``postgresql://…``,
     ``redis://…``) or a :class:`~mawex.journal.base.Journal`; ``listen`` may use
-    port 0 to pick a free port (see :attr:`url`)::
+    port 0 to pick a free port (see :attr:`url`). ``token`` is required of clients
+    and ``worker_token`` (if given) of workers; ``tls_cert``/``tls_key`` serve
+    HTTPS and WSS; ``api_limits`` and ``net_limits`` bound what clients may send::
 
         async with LocalMaster("sqlite:///./jobs.db") as master:
             async with master.client() as client:
@@ -54,10 +57,12 @@ class LocalMaster:
         master_id: str = "default",
         lease_ttl: float = 5.0,
         token: str | None = None,
+        worker_token: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
         limits: Limits | None = None,
         api_limits: ApiLimits | None = None,
+        net_limits: NetLimits | None = None,
         snapshot_every: int = 50_000,
         retain_topic_events: int = 1_000_000,
         wait_leader: bool = True,
@@ -67,11 +72,17 @@ class LocalMaster:
         self._advertise = advertise
         self.master_id = master_id
         self.lease_ttl = lease_ttl
+        if token and worker_token and token == worker_token:
+            from mawex.errors import ConfigError
+
+            raise ConfigError("the worker token must differ from the client token")
         self.token = token
+        self.worker_token = worker_token
         self.tls_cert = tls_cert
         self.tls_key = tls_key
         self.limits = limits or Limits()
         self.api_limits = api_limits or ApiLimits()
+        self.net_limits = net_limits or NetLimits()
         self.snapshot_every = snapshot_every
         self.retain_topic_events = retain_topic_events
         self._wait_leader = wait_leader
@@ -116,16 +127,28 @@ class LocalMaster:
             limits=self.limits,
             snapshot_every=self.snapshot_every,
             retain_topic_events=self.retain_topic_events,
+            max_result_bytes=self.api_limits.max_result_bytes,
         )
         self._engine = Engine(journal, settings)
         await self._engine.start()
-        app = create_app(self._engine, token=self.token, api_limits=self.api_limits)
+        app = create_app(
+            self._engine,
+            token=self.token,
+            worker_token=self.worker_token,
+            api_limits=self.api_limits,
+            net_limits=self.net_limits,
+        )
+        net = self.net_limits
         config = uvicorn.Config(
             app,
             lifespan="off",
             log_level="warning",
             access_log=False,
-            ws_max_size=self.api_limits.max_payload_bytes * 2 + 65536,
+            http=guarded_http_protocol(net),
+            limit_concurrency=net.max_connections,
+            timeout_keep_alive=net.keep_alive_timeout,
+            h11_max_incomplete_event_size=net.max_header_bytes,
+            ws_max_size=self.api_limits.max_frame_bytes,
             ws_ping_interval=20.0,
             timeout_graceful_shutdown=2,
             ssl_certfile=self.tls_cert,
@@ -163,6 +186,9 @@ class LocalMaster:
                 await asyncio.wait_for(self._serve_task, 5)
         if self._socket is not None:
             self._socket.close()
+
+    def __repr__(self) -> str:
+        return f"LocalMaster({self.url!r}, master_id={self.master_id!r})"
 
     def client(self, **options: Any) -> AsyncClient:
         """An :class:`~mawex.AsyncClient` for this master."""

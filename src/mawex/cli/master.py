@@ -32,6 +32,12 @@ log = logging.getLogger("mawex.master")
     "--lease-ttl", type=click.FloatRange(0.5, 300), default=5.0, help="Leader lease TTL, seconds."
 )
 @token_option()
+@option(
+    "--worker-token",
+    default=None,
+    help="Bearer token workers must send (their --token) on the worker channel; the client "
+    "--token is then refused there, and this one everywhere else.",
+)
 @option("--tls-cert", default=None, help="TLS certificate (PEM) to serve HTTPS/WSS.")
 @option("--tls-key", default=None, help="TLS private key (PEM).")
 @option(
@@ -60,6 +66,42 @@ log = logging.getLogger("mawex.master")
 )
 @option(
     "--max-payload", type=click.IntRange(1), default=1 << 20, help="Largest task payload, bytes."
+)
+@option(
+    "--max-result",
+    type=click.IntRange(1),
+    default=1 << 20,
+    help="Largest task result, bytes; a larger one fails its attempt.",
+)
+@option(
+    "--max-batch",
+    type=click.IntRange(1),
+    default=10_000,
+    help="Most tasks in one POST /v1/tasks/batch.",
+)
+@option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=4096,
+    help="Open connections (HTTP and WebSocket); past it new ones get 503.",
+)
+@option(
+    "--header-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    help="Seconds a connection has to send a request's line and headers.",
+)
+@option(
+    "--body-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    help="Seconds a client has to send a request's body.",
+)
+@option(
+    "--worker-rate",
+    type=click.FloatRange(0),
+    default=2000.0,
+    help="Frames per second one worker connection may send before it is slowed down (0: no limit).",
 )
 @option(
     "--snapshot-every",
@@ -93,6 +135,7 @@ def master(
     master_id: str,
     lease_ttl: float,
     token: str | None,
+    worker_token: str | None,
     tls_cert: str | None,
     tls_key: str | None,
     heartbeat: float,
@@ -100,6 +143,12 @@ def master(
     pending_timeout: float | None,
     max_pending: int,
     max_payload: int,
+    max_result: int,
+    max_batch: int,
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
+    worker_rate: float,
     snapshot_every: int,
     retain_results: int,
     retain_seconds: float,
@@ -114,6 +163,7 @@ def master(
     from mawex.local import LocalMaster, parse_listen
     from mawex.logs import setup_logging
     from mawex.model import check_name
+    from mawex.server.limits import NetLimits, raise_fd_limit
     from mawex.wire.api import ApiLimits
 
     setup_logging(log_level, log_format)
@@ -122,6 +172,9 @@ def master(
     check_name(master_id, "master id")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if token and worker_token and token == worker_token:
+        raise ConfigError("--worker-token must differ from --token")
+    raise_fd_limit(max_connections)
     limits = Limits(
         max_pending_per_group=max_pending,
         heartbeat_s=heartbeat,
@@ -138,10 +191,20 @@ def master(
         master_id=master_id,
         lease_ttl=lease_ttl,
         token=token,
+        worker_token=worker_token,
         tls_cert=tls_cert,
         tls_key=tls_key,
         limits=limits,
-        api_limits=ApiLimits(max_payload_bytes=max_payload),
+        api_limits=ApiLimits(
+            max_payload_bytes=max_payload, max_result_bytes=max_result, max_batch_tasks=max_batch
+        ),
+        net_limits=NetLimits(
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            worker_rate=worker_rate,
+            worker_burst=2 * worker_rate,
+        ),
         snapshot_every=snapshot_every,
         retain_topic_events=retain_topic,
         wait_leader=False,

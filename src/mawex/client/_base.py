@@ -394,6 +394,23 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+def _tls_untrusted(error: BaseException) -> bool:
+    """Whether ``error`` is a refused TLS certificate (anywhere in its cause chain)."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(error)
+
+
+def _all_untrusted(attempt: Attempt, urls: Sequence[str]) -> bool:
+    reasons = [attempt.history.get(url, "") for url in urls]
+    return all(reason.startswith("TLS certificate not trusted") for reason in reasons)
+
+
 def http_options(
     *, token: str | None, ca: str | os.PathLike[str] | None, timeout: float | None
 ) -> dict[str, Any]:
@@ -471,7 +488,16 @@ class ClientCore:
                     raise error
             else:
                 reason = type(outcome).__name__ + (f": {outcome}" if str(outcome) else "")
+                untrusted = outcome is not None and _tls_untrusted(outcome)
+                if untrusted:
+                    reason = f"TLS certificate not trusted: {outcome}"
                 delay = attempt.fail(reason, self.clock())
+                if untrusted and _all_untrusted(attempt, self.failover.urls):
+                    # Not a passing failure: retrying cannot help, so say so at once.
+                    raise Unavailable(
+                        "no master's TLS certificate is trusted; give the CA bundle that "
+                        f"signed it (ca=, --ca, MAWEX_CA): {reason}"
+                    )
             if delay > 0:
                 yield Sleep(delay)
 

@@ -58,6 +58,8 @@ class EngineSettings:
     retain_topic_events: int = 1_000_000
     tick_s: float = 0.1
     max_turn_commands: int = 2000
+    #: Told to workers in their welcome: a larger result fails its attempt.
+    max_result_bytes: int | None = None
 
 
 class _Command:
@@ -400,6 +402,7 @@ class Engine:
                     epoch=self.epoch,
                     heartbeat_s=self.settings.limits.heartbeat_s,
                     master_id=self.settings.master_id,
+                    max_result_bytes=self.settings.max_result_bytes,
                 ),
             )
             info = decide.hello(state, hello, now)

@@ -8,39 +8,85 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mawex.errors import MawexError, Unauthorized
+from mawex.errors import ConfigError, MawexError, Unauthorized
 from mawex.master.engine import Engine
 from mawex.server import ops, results, tasks, worker_ws
+from mawex.server.limits import NetLimits, RequestGuard, refuse_websocket
 from mawex.server.responses import error_response, mawex_error_handler
 from mawex.wire.api import ApiLimits
 
 #: No token needed: liveness, and the page shells that ask for the token (they hold no data).
 OPEN_PATHS = frozenset({"/healthz"}) | ops.PAGE_PATHS
+#: The worker channel: with a worker token, it takes that token and no other.
+WORKER_PATH = "/v1/worker"
+
+
+def _bearer(token: str | None) -> bytes | None:
+    return f"Bearer {token}".encode() if token else None
+
+
+def _authorization(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    return b""
 
 
 class BearerAuth:
-    """Requires ``Authorization: Bearer <token>`` on every path but :data:`OPEN_PATHS`."""
+    """Requires ``Authorization: Bearer <token>`` on every path but :data:`OPEN_PATHS`.
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    ``token`` is the client token: every endpoint but the worker channel takes it.
+    ``worker_token``, when given, is the only token the worker channel
+    (``WS /v1/worker``) takes, and is refused everywhere else, so neither
+    credential can stand in for the other. Without ``worker_token`` the worker
+    channel takes the client token. Tokens are compared in constant time and
+    never echoed: the 401 says only that a valid token is required.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, worker_token: str | None = None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.client = _bearer(token)
+        self.worker = _bearer(worker_token)
+
+    def __repr__(self) -> str:
+        return f"BearerAuth(client={self.client is not None}, worker={self.worker is not None})"
+
+    def _allowed(self, path: str, given: bytes) -> bool:
+        if path == WORKER_PATH and self.worker is not None:
+            return hmac.compare_digest(given, self.worker)
+        if self.worker is not None and hmac.compare_digest(given, self.worker):
+            return False  # the worker token is no client credential
+        return self.client is None or hmac.compare_digest(given, self.client)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"] not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                if scope["type"] == "http":
-                    await error_response(Unauthorized())(scope, receive, send)
-                else:
-                    await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
-                return
+        if (
+            scope["type"] in ("http", "websocket")
+            and scope["path"] not in OPEN_PATHS
+            and not self._allowed(scope["path"], _authorization(scope))
+        ):
+            if scope["type"] == "http":
+                await error_response(Unauthorized())(scope, receive, send)
+            else:
+                await refuse_websocket(scope, send, Unauthorized())
+            return
         await self.app(scope, receive, send)
 
 
 def create_app(
-    engine: Engine, *, token: str | None = None, api_limits: ApiLimits | None = None
+    engine: Engine,
+    *,
+    token: str | None = None,
+    worker_token: str | None = None,
+    api_limits: ApiLimits | None = None,
+    net_limits: NetLimits | None = None,
 ) -> ASGIApp:
-    """The HTTP API, result topic, worker channel and ops endpoints of one master."""
+    """The HTTP API, result topic, worker channel and ops endpoints of one master.
+
+    ``token``/``worker_token``: see :class:`BearerAuth`. ``api_limits`` bound sizes,
+    ``net_limits`` the body read deadline, the worker channel's hello deadline and rate.
+    """
+    if token and worker_token and token == worker_token:
+        raise ConfigError("the worker token must differ from the client token")
     routes = [
         Route("/v1/tasks", tasks.submit, methods=["POST"]),
         Route("/v1/tasks/batch", tasks.submit_batch, methods=["POST"]),
@@ -60,7 +106,14 @@ def create_app(
     ops.instrument(engine)
     app = Starlette(routes=routes, exception_handlers={MawexError: mawex_error_handler})
     app.state.engine = engine
-    app.state.api_limits = api_limits or ApiLimits()
-    if token:
-        return BearerAuth(app, token)
-    return app
+    app.state.api_limits = api_limits = api_limits or ApiLimits()
+    app.state.net_limits = net_limits = net_limits or NetLimits()
+    guarded: ASGIApp = RequestGuard(
+        app,
+        max_body=api_limits.max_body,
+        body_timeout=net_limits.body_timeout,
+        max_websockets=net_limits.max_connections,
+    )
+    if token or worker_token:
+        return BearerAuth(guarded, token, worker_token)
+    return guarded

@@ -13,6 +13,10 @@ from mawex.errors import MawexError
 _encoder = msgspec.json.Encoder()
 
 
+def json_body(body: Any) -> bytes:
+    return _encoder.encode(body)
+
+
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(body), status_code=status, media_type="application/json")
 

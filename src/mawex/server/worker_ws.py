@@ -1,4 +1,12 @@
-"""``WS /v1/worker``: one session per worker, guarded by an explicit state."""
+"""``WS /v1/worker``: one session per worker, guarded by an explicit state.
+
+Hostile input is bounded here: a frame over the size limit, a frame that is not
+a valid message, a first frame that is not ``hello`` (or none within the hello
+deadline) ends the session with an ``error`` frame; a worker sending faster than
+its frame rate is read more slowly (TCP backpressure holds it back); a result
+over the result limit fails its attempt instead of being stored, and an error
+text is cut to :data:`~mawex.wire.api.MAX_ERROR_CHARS`.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +18,14 @@ import logging
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from mawex.errors import MawexError, NotLeader, Rejected
+from mawex.errors import MawexError, NotLeader, Rejected, TooLarge
 from mawex.master.engine import Engine
 from mawex.model import check_name
+from mawex.server.limits import NetLimits, TokenBucket
 from mawex.wire import worker as wire
+from mawex.wire.api import MAX_ERROR_CHARS, ApiLimits
 
 log = logging.getLogger("mawex.master")
-
-HELLO_TIMEOUT_S = 10.0
-MAX_FRAME_BYTES = 2 << 20
 
 
 class SessionState(enum.Enum):
@@ -80,30 +87,51 @@ async def _reject(websocket: WebSocket, error: MawexError) -> None:
         await websocket.close(1008 if isinstance(error, Rejected) else 1013, error.code)
 
 
-def _decode(text: str | None, data: bytes | None) -> wire.WorkerMessage:
+def _decode(text: str | None, data: bytes | None, max_frame: int) -> wire.WorkerMessage:
     frame = text if text is not None else data
     if frame is None:
         raise Rejected("empty frame")
-    if len(frame) > MAX_FRAME_BYTES:
-        raise Rejected(f"frame of {len(frame)} bytes is over {MAX_FRAME_BYTES}")
+    if len(frame) > max_frame:
+        raise TooLarge(f"frame of {len(frame)} bytes is over the limit of {max_frame}")
     try:
         return wire.decode_worker_message(frame)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise Rejected(f"invalid frame: {exc}") from None
 
 
-async def _receive(websocket: WebSocket) -> wire.WorkerMessage | None:
+async def _receive(websocket: WebSocket, max_frame: int) -> wire.WorkerMessage | None:
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
         return None
-    return _decode(message.get("text"), message.get("bytes"))
+    return _decode(message.get("text"), message.get("bytes"), max_frame)
+
+
+def bound_finished(message: wire.Finished, limits: ApiLimits) -> wire.Finished:
+    """``message``, with a result over the limit turned into a failure and its error cut short."""
+    if message.ok and len(message.result) > limits.max_result_bytes:
+        return msgspec.structs.replace(
+            message,
+            ok=False,
+            result=msgspec.Raw(b"null"),
+            error=f"result of {len(message.result)} bytes is over the master's limit of "
+            f"{limits.max_result_bytes} bytes (--max-result)",
+        )
+    if message.error is not None and len(message.error) > MAX_ERROR_CHARS:
+        cut = message.error[: MAX_ERROR_CHARS - 40]
+        return msgspec.structs.replace(
+            message, error=f"{cut}... ({len(message.error)} characters, cut)"
+        )
+    return message
 
 
 async def worker_channel(websocket: WebSocket) -> None:
     engine: Engine = websocket.app.state.engine
+    limits: ApiLimits = websocket.app.state.api_limits
+    net: NetLimits = websocket.app.state.net_limits
+    max_frame = limits.max_frame_bytes
     await websocket.accept()
     try:
-        hello = await asyncio.wait_for(_receive(websocket), HELLO_TIMEOUT_S)
+        hello = await asyncio.wait_for(_receive(websocket, max_frame), net.hello_timeout)
         if not isinstance(hello, wire.Hello):
             raise Rejected("the first frame must be hello")
         check_name(hello.worker, "worker")
@@ -111,21 +139,33 @@ async def worker_channel(websocket: WebSocket) -> None:
         check_name(hello.pod, "pod")
         engine._require_leader()
     except TimeoutError:
-        await _reject(websocket, Rejected("no hello within 10 s"))
+        await _reject(websocket, Rejected(f"no hello within {net.hello_timeout:g} s"))
         return
     except MawexError as exc:
         await _reject(websocket, exc)
         return
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return
     session = WorkerSession(websocket)
+    bucket = TokenBucket(net.worker_rate, net.worker_burst) if net.worker_rate > 0 else None
+    loop = asyncio.get_running_loop()
+    throttled = 0
     try:
         await engine.worker_hello(hello, session)
         session.state = SessionState.CHECKED_IN
         while session.state is SessionState.CHECKED_IN:
-            message = await _receive(websocket)
+            if bucket is not None:
+                delay = bucket.take(loop.time())
+                if delay > 0:  # over its rate: read it no faster than that
+                    throttled += 1
+                    await asyncio.sleep(delay)
+            message = await _receive(websocket, max_frame)
             if message is None:
                 break
             if isinstance(message, wire.Hello):
                 raise Rejected("hello sent twice")
+            if isinstance(message, wire.Finished):
+                message = bound_finished(message, limits)
             engine.worker_message(hello.worker, session, message)
             if isinstance(message, wire.Bye):
                 break
@@ -146,3 +186,13 @@ async def worker_channel(websocket: WebSocket) -> None:
     finally:
         engine.worker_disconnected(hello.worker, session)
         await session.finish()
+        if throttled:
+            log.warning(
+                "worker sent frames faster than its rate and was slowed down",
+                extra={
+                    "action": "worker_throttled",
+                    "worker": hello.worker,
+                    "frames": throttled,
+                    "rate": net.worker_rate,
+                },
+            )

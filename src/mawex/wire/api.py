@@ -10,6 +10,9 @@ import msgspec
 from mawex.core.decide import NewTask
 from mawex.errors import Rejected, TooLarge
 from mawex.model import MAX_ATTEMPTS_LIMIT, check_id, check_name
+from mawex.wire.worker import MAX_ERROR_CHARS
+
+__all__ = ["MAX_ERROR_CHARS", "ApiLimits", "BatchIn", "TaskIn"]
 
 _T = TypeVar("_T")
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
@@ -32,17 +35,40 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
     tasks: list[TaskIn]
 
 
+#: Room in a frame or body for everything but the payload, result and error.
+FRAME_OVERHEAD = 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ApiLimits:
-    """Size limits of the HTTP API, in bytes and items."""
+    """Size limits of the HTTP API and the worker channel, in bytes and items.
+
+    ``max_payload_bytes`` bounds a task's JSON payload (``--max-payload``),
+    ``max_result_bytes`` an attempt's JSON result (``--max-result``: a larger one
+    fails its attempt), ``max_batch_tasks`` and ``max_batch_bytes`` a
+    ``POST /v1/tasks/batch`` (``--max-batch``). The largest request body and the
+    largest WebSocket message follow from them.
+    """
 
     max_payload_bytes: int = 1 << 20
+    max_result_bytes: int = 1 << 20
     max_batch_tasks: int = 10_000
     max_batch_bytes: int = 64 << 20
 
     @property
     def max_task_body(self) -> int:
         return self.max_payload_bytes + 4096
+
+    @property
+    def max_body(self) -> int:
+        """The largest HTTP request body of any endpoint."""
+        return max(self.max_task_body, self.max_batch_bytes)
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest worker-channel message: a result or a payload, an error, the rest."""
+        largest = max(self.max_payload_bytes, self.max_result_bytes)
+        return largest + 6 * MAX_ERROR_CHARS + FRAME_OVERHEAD  # JSON escapes: ≤ 6 bytes a char
 
 
 _task_decoder = msgspec.json.Decoder(TaskIn)

@@ -23,11 +23,23 @@ attempt at a time and its ``finished`` for attempt N is idempotent.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 Raw = msgspec.Raw
 
 PROTOCOL_VERSION = 1
+
+#: Longest error text of one attempt: a worker cuts a longer one, and so does the master.
+MAX_ERROR_CHARS = 16 * 1024
+
+#: A group, pod or worker id on the wire (their charset is checked at check-in).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+#: A task id on the wire.
+TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+#: An attempt number.
+AttemptNo = Annotated[int, msgspec.Meta(ge=0, le=1 << 31)]
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
@@ -37,21 +49,21 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=
 class AttemptRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Names one attempt of one task."""
 
-    group: str
-    id: str
-    attempt: int
+    group: Name
+    id: TaskId
+    attempt: AttemptNo
 
 
 # -- worker -> master ---------------------------------------------------------
 
 
 class Hello(_Msg, frozen=True, tag="hello"):
-    worker: str
-    group: str
-    pod: str
-    sandbox: str = "local"
+    worker: Name
+    group: Name
+    pod: Name
+    sandbox: Annotated[str, msgspec.Meta(max_length=32)] = "local"
     running: AttemptRef | None = None
-    version: int = PROTOCOL_VERSION
+    version: Annotated[int, msgspec.Meta(ge=0, le=1 << 31)] = PROTOCOL_VERSION
 
 
 class Heartbeat(_Msg, frozen=True, tag="heartbeat"):
@@ -65,9 +77,9 @@ class Finished(_Msg, frozen=True, tag="finished"):
     pod stays busy until a ``free`` frame follows.
     """
 
-    group: str
-    id: str
-    attempt: int
+    group: Name
+    id: TaskId
+    attempt: AttemptNo
     ok: bool
     result: Raw = Raw(b"null")
     error: str | None = None
@@ -75,9 +87,9 @@ class Finished(_Msg, frozen=True, tag="finished"):
 
 
 class Free(_Msg, frozen=True, tag="free"):
-    group: str
-    id: str
-    attempt: int
+    group: Name
+    id: TaskId
+    attempt: AttemptNo
 
 
 class Bye(_Msg, frozen=True, tag="bye"):
@@ -90,9 +102,12 @@ WorkerMessage = Hello | Heartbeat | Finished | Free | Bye
 
 
 class Welcome(_Msg, frozen=True, tag="welcome"):
+    """``max_result_bytes``: the master fails an attempt whose result is larger."""
+
     epoch: int
     heartbeat_s: float
     master_id: str = "default"
+    max_result_bytes: int | None = None
 
 
 class Assign(_Msg, frozen=True, tag="assign"):

@@ -40,6 +40,7 @@ from mawex.errors import ConfigError, Rejected
 from mawex.model import Task, check_name
 from mawex.sandbox import Outcome, Sandbox, create_sandbox
 from mawex.wire.worker import (
+    MAX_ERROR_CHARS,
     Ack,
     Assign,
     AttemptRef,
@@ -223,6 +224,8 @@ class Worker:
         self.backoff_initial = _positive(backoff_initial, "backoff") or 0.1
         self.backoff_max = max(self.backoff_initial, backoff_max)
         self.max_result_bytes = max_result_bytes
+        #: The master's result limit, from its welcome (the smaller one applies).
+        self._master_result_limit: int | None = None
         self.max_frame = max_frame
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ssl = _ssl_context(ca) if ca else None
@@ -369,6 +372,16 @@ class Worker:
         except InvalidStatus as exc:
             self._rejected_handshake(url, exc)
             return False
+        except ssl.SSLCertVerificationError as exc:
+            self._log(
+                logging.ERROR,
+                "the master's TLS certificate is not trusted (give the CA that signed it "
+                "with --ca)",
+                "tls_refused",
+                url=url,
+                error=str(exc),
+            )
+            return False
         except Exception as exc:  # refused, unreachable, TLS, timeout, bad handshake
             self._log(
                 logging.INFO, "cannot reach master", "connect_failed", url=url, error=str(exc)
@@ -393,7 +406,10 @@ class Worker:
             self._log(logging.INFO, "master is a standby", "not_leader", url=url)
             return
         level = logging.ERROR if status in (401, 403) else logging.WARNING
-        self._log(level, "master refused the connection", "refused", url=url, status=status)
+        message = "master refused the connection"
+        if status == 401:
+            message += ": a valid worker token is required (--token)"
+        self._log(level, message, "refused", url=url, status=status, error=code)
 
     async def _session(self, ws: ClientConnection, url: str) -> bool:
         """Check in and serve; True once a master has welcomed the worker."""
@@ -457,6 +473,7 @@ class Worker:
         self._ws = ws
         self.master = url
         self.epoch = welcome.epoch
+        self._master_result_limit = welcome.max_result_bytes
         self._last_sent = asyncio.get_running_loop().time()
         stopping = self._stop_requested.is_set()
         self.state = WorkerState.STOPPING if stopping else WorkerState.CONNECTED
@@ -614,10 +631,15 @@ class Worker:
                 log.exception(
                     "sandbox failed", extra={"action": "sandbox_error", "worker": self.id}
                 )
-        if outcome.ok and len(outcome.result) > self.max_result_bytes:
+        limit = min(self.max_result_bytes, self._master_result_limit or self.max_result_bytes)
+        if outcome.ok and len(outcome.result) > limit:
             outcome = Outcome.failure(
-                f"result of {len(outcome.result)} bytes is over the limit of "
-                f"{self.max_result_bytes} bytes"
+                f"result of {len(outcome.result)} bytes is over the limit of {limit} bytes"
+            )
+        if outcome.error is not None and len(outcome.error) > MAX_ERROR_CHARS:
+            cut = outcome.error[: MAX_ERROR_CHARS - 40]
+            outcome = Outcome.failure(
+                f"{cut}... ({len(outcome.error)} characters, cut)", outcome.lingering
             )
         self._running = None
         if ref == self._handed_back:
