@@ -172,6 +172,7 @@ def run_master_sigkill(cluster: LocalCluster, count: int = 600) -> None:
         acked: list[Key] = list(submitter.acked)
         reader.wait_for(lambda r: r.count("completed") >= count // 10, 60, "a tenth completed")
 
+        workers_before = {w["id"] for w in state(url)["workers"]}
         cluster.kill("master", signal.SIGKILL)
         before = list(reader.events)
         assert len(reader.terminal()) < half, "the crash must happen mid-run"
@@ -199,7 +200,6 @@ def run_master_sigkill(cluster: LocalCluster, count: int = 600) -> None:
     terminal = check_topic(events, acked)
     check_pods_from_topic(events)
     # the same worker processes reconnected to the restarted master and carried on
-    workers_before = {e["worker"] for e in before if e["type"] == "scheduled"}
     workers_after = {e["worker"] for e in events[len(before) :] if e["type"] == "scheduled"}
     assert workers_after and workers_after <= workers_before, (workers_before, workers_after)
     not_completed = [e for e in terminal.values() if e["type"] != "completed"]
