@@ -424,6 +424,7 @@ class Worker:
             return welcome is not None
         self._welcomed(ws, welcome, url)
         heartbeat = asyncio.create_task(self._heartbeat_loop(welcome.heartbeat_s))
+        watchdog = asyncio.create_task(self._liveness_loop(ws, welcome.heartbeat_s, url))
         try:
             await self._resend()
             async for frame in ws:
@@ -436,6 +437,7 @@ class Worker:
             self._log(logging.INFO, "session ended", "disconnected", url=url)
         finally:
             await _cancel(heartbeat)
+            await _cancel(watchdog)
         return True
 
     async def _check_in(self, ws: ClientConnection, url: str) -> Welcome | None:
@@ -508,6 +510,33 @@ class Worker:
                 continue
             await self._send(Heartbeat())
             await asyncio.sleep(interval)
+
+    async def _liveness_loop(self, ws: ClientConnection, interval: float, url: str) -> None:
+        """Ping the master; drop a connection to a master that stopped answering.
+
+        A frozen master (paused, partitioned) never closes the socket, and a worker
+        that waits for TCP to notice could stay with it longer than the new leader's
+        grace period, losing its running attempt to a retry.
+        """
+        period = max(interval * 2, 0.5)
+        deadline = max(interval * 3, 2.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                pong = await ws.ping()
+                await asyncio.wait_for(pong, deadline)
+            except TimeoutError:
+                self._log(
+                    logging.WARNING,
+                    "master stopped answering; reconnecting",
+                    "master_unresponsive",
+                    url=url,
+                    silent_s=deadline,
+                )
+                ws.transport.abort()
+                return
+            except ConnectionClosed:
+                return
 
     def _decode(self, frame: str | bytes) -> MasterMessage | None:
         try:
