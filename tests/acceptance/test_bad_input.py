@@ -290,8 +290,9 @@ def test_master_with_an_unparseable_journal_url_exits_with_a_clear_message(
 
 
 def test_ids_and_groups_with_a_trailing_newline_are_rejected(cluster: LocalCluster) -> None:
-    """Ids and names are checked with ``re.match`` and a ``$`` anchor, which also matches
-    before a final newline: ``"a\\n"`` passes as an id and ``"g\\n"`` as a group."""
+    """Regression: ids and names were checked with ``re.match`` and a ``$`` anchor, which
+    also matches before a final newline, so ``"a\\n"`` passed as an id and ``"g\\n"`` as a
+    group (fixed in 109c69f: names must match whole)."""
     master = start_leader(cluster)
     url = master.url
     assert url is not None

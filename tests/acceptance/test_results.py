@@ -83,4 +83,4 @@ def test_duplicate_submissions_do_not_run_twice(cluster: LocalCluster) -> None:
     runs = read_records(records)  # Record writes its line before it returns
     assert sorted(r["id"] for r in runs) == ["dup-1", "dup-2", "dup-3", "marker"], runs
     dup_run = next(r for r in runs if r["id"] == "dup-1")
-    assert dup_run["end"] - dup_run["start"] >= 3.0, "the first payload (3 s) is the one that ran"
+    assert dup_run["end"] - dup_run["start"] >= 2.9, "the first payload (3 s) is the one that ran"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 import mawex
 from mawex.cluster import LocalCluster
 from tests.acceptance.support import (
@@ -33,6 +35,7 @@ def test_worker_sigkill_mid_task_is_retried_on_another_worker(cluster: LocalClus
         cluster.kill(f"worker-{first['pod']}", signal.SIGKILL)
         assert client.result("k", "victim", timeout=30) == {"slept": 3.0}
         events = reader.read_to_end()
+        errors = client.get(*key).errors
     check_topic(events, [key])
     kinds = [(e["type"], e["attempt"]) for e in events]
     assert kinds == [("scheduled", 1), ("retrying", 1), ("scheduled", 2), ("completed", 2)], events
@@ -40,7 +43,7 @@ def test_worker_sigkill_mid_task_is_retried_on_another_worker(cluster: LocalClus
     assert first["worker"] in retrying["error"] and "lost" in retrying["error"], retrying
     assert second["pod"] != first["pod"], "the retry ran on the surviving worker"
     assert retrying["at"] - killed_at < 10, "the lost worker was noticed within seconds"
-    assert client_errors(url, key) == [retrying["error"]]
+    assert errors == [retrying["error"]], "GET shows the error of the lost attempt"
 
 
 def test_worker_sigkill_mid_task_without_attempts_left_fails_clearly(
@@ -56,23 +59,14 @@ def test_worker_sigkill_mid_task_without_attempts_left_fails_clearly(
         client.submit("k", {"seconds": 5}, id="victim", max_attempts=1)
         scheduled = reader.wait_event(key, "scheduled", timeout=30)
         cluster.kill("worker-p1", signal.SIGKILL)
-        try:
+        with pytest.raises(mawex.TaskFailed) as failure:
             client.result("k", "victim", timeout=30)
-        except mawex.TaskFailed as exc:
-            error = exc.error or ""
-            assert exc.task_status == "failed"
-        else:
-            raise AssertionError("the task of a killed worker completed")
+        assert failure.value.task_status == "failed"
+        error = failure.value.error or ""
         events = reader.read_to_end()
+        pods = client.state()["pods"]
     check_topic(events, [key])
     assert [(e["type"], e["attempt"]) for e in events] == [("scheduled", 1), ("failed", 1)]
     assert events[1]["error"] == error
     assert scheduled["worker"] in error and "lost" in error, error
-    with mawex.Client([url]) as client:
-        pods = client.state()["pods"]
     assert pods.get("p1", {}).get("busy") is not True, "the dead worker's pod is free"
-
-
-def client_errors(url: str, key: tuple[str, str]) -> list[str]:
-    with mawex.Client([url]) as client:
-        return client.get(*key).errors
