@@ -143,7 +143,8 @@ class Engine:
 
     async def wait_leader(self, timeout: float | None = None) -> None:
         """Wait until this master is the leader."""
-        await asyncio.wait_for(self._leader_event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._leader_event.wait()
 
     async def stop(self) -> None:
         """Stop serving; a leader hands its lease over at once."""
@@ -319,7 +320,8 @@ class Engine:
             waiters = self._waiters.setdefault((group, id), [])
             waiters.append(future)
             try:
-                await asyncio.wait_for(asyncio.shield(future), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(future)
             except TimeoutError:
                 pass
             finally:
@@ -610,7 +612,8 @@ class _Inbox:
     async def wait(self, timeout: float) -> None:
         if not self._items:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
 
     def drain(self, limit: int) -> list[_Command]:
         items = self._items

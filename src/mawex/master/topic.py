@@ -60,9 +60,8 @@ class Topic:
         self.subscribers += 1
         try:
             async with self._changed:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.next > after), timeout=timeout
-                )
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: self.next > after)
             return True
         except TimeoutError:
             return False

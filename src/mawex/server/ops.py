@@ -173,5 +173,5 @@ def _finished(
 
 
 def _short(text: str, limit: int = 500) -> str:
-    first = text.strip().splitlines()[-1] if text.strip() else text
+    first = text.strip().splitlines()[0] if text.strip() else text
     return first if len(first) <= limit else first[: limit - 1] + "…"

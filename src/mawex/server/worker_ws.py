@@ -131,7 +131,8 @@ async def worker_channel(websocket: WebSocket) -> None:
     max_frame = limits.max_frame_bytes
     await websocket.accept()
     try:
-        hello = await asyncio.wait_for(_receive(websocket, max_frame), net.hello_timeout)
+        async with asyncio.timeout(net.hello_timeout):
+            hello = await _receive(websocket, max_frame)
         if not isinstance(hello, wire.Hello):
             raise Rejected("the first frame must be hello")
         check_name(hello.worker, "worker")
