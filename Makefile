@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format bench bench-quick clean
+.PHONY: demo test lint format bench bench-quick chaos clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mawex needs Python 3.11+, found " + sys.version.split()[0])'
@@ -25,6 +25,15 @@ demo: $(VENV)/.installed
 ## test: the whole suite (PostgreSQL/Redis tests skip with a reason when unreachable)
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest
+
+## chaos: the long chaos run on SQLite and PostgreSQL (5,000 tasks, 75 events: 50 leader
+## SIGKILL/SIGSTOP, random worker kills, PostgreSQL server restarts); history files in chaos-history/
+CHAOS_TASKS   ?= 5000
+CHAOS_EVENTS  ?= 75
+CHAOS_HISTORY ?= chaos-history
+chaos: $(VENV)/.installed-dev
+	MAWEX_CHAOS_LONG=1 MAWEX_CHAOS_TASKS=$(CHAOS_TASKS) MAWEX_CHAOS_EVENTS=$(CHAOS_EVENTS) \
+	MAWEX_CHAOS_HISTORY=$(CHAOS_HISTORY) $(BIN)/pytest -p no:cacheprovider -s -ra tests/chaos/test_chaos_long.py
 
 ## lint: ruff (lint + format check), mypy --strict and the import layering contracts
 lint: $(VENV)/.installed-dev

@@ -133,6 +133,7 @@ class ThreadWorker:
         group: str,
         pod: str,
         masters: str | None = None,
+        sandbox: str = "local",
         **options: Any,
     ) -> None:
         from mawex.sandbox import create_sandbox
@@ -145,7 +146,7 @@ class ThreadWorker:
                 masters=masters or host.url,
                 group=group,
                 pod=pod,
-                sandbox=create_sandbox("local", executor),
+                sandbox=create_sandbox(sandbox, executor),
                 backoff_initial=0.05,
                 backoff_max=0.5,
                 **options,

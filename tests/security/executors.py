@@ -22,3 +22,14 @@ def huge_result(task: Task) -> str:
 
 def huge_error(task: Task) -> None:
     raise RuntimeError("e" * int(task.payload))
+
+
+def picky(task: Task) -> Any:
+    """``"bad"``: a result JSON cannot carry; ``"nan"``: a float JSON has no word for."""
+    if task.payload == "bad":
+        return {"value": object()}
+    if task.payload == "nan":
+        return float("nan")
+    if task.payload == "bytes":
+        return b"\x00\xff"
+    return task.payload

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hmac
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mawex.errors import ConfigError, MawexError, Unauthorized
+from mawex.errors import ConfigError, MawexError, Rejected, Unauthorized
 from mawex.master.engine import Engine
 from mawex.server import ops, results, tasks, worker_ws
 from mawex.server.limits import NetLimits, RequestGuard, refuse_websocket
@@ -72,6 +75,63 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+async def _task(request: Request) -> Response:
+    """One route for both methods, so a 405 on the path lists both in ``Allow``."""
+    if request.method == "DELETE":
+        return await tasks.cancel_task(request)
+    return await tasks.get_task(request)
+
+
+async def _websocket_only(request: Request) -> Response:
+    """A plain HTTP request to a WebSocket endpoint: ``426`` (other methods get ``405``)."""
+    error = Rejected("this endpoint is a WebSocket: send the handshake (Upgrade: websocket)")
+    response = error_response(error)
+    response.status_code = 426
+    response.headers["upgrade"] = "websocket"
+    return response
+
+
+#: The query parameters each API path takes; any other is refused (400), as unknown
+#: fields in bodies are.
+QUERY_PARAMS: dict[str, frozenset[str]] = {
+    "/v1/tasks": frozenset(),
+    "/v1/tasks/batch": frozenset(),
+    "/v1/state": frozenset(),
+    "/v1/results": frozenset({"from", "limit", "wait"}),
+    "/v1/results/stream": frozenset({"from"}),
+    "/v1/worker": frozenset(),
+}
+_TASK_QUERY = frozenset({"wait"})
+
+
+class StrictQuery:
+    """Refuses unknown query parameters on the ``/v1/`` API, and repeated ones."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        query: bytes = scope.get("query_string", b"")
+        if query and path.startswith("/v1/") and scope["type"] in ("http", "websocket"):
+            allowed = QUERY_PARAMS.get(path, _TASK_QUERY)
+            names = [name for name, _ in parse_qsl(query.decode("latin-1"), True)]
+            unknown = sorted(set(names) - allowed)
+            error = None
+            if unknown:
+                names_text = ", ".join(map(repr, unknown))[:200]
+                error = Rejected(f"unknown query parameter(s) {names_text}")
+            elif len(names) != len(set(names)):
+                error = Rejected("a query parameter is repeated")
+            if error is not None:
+                if scope["type"] == "http":
+                    await error_response(error)(scope, receive, send)
+                else:
+                    await refuse_websocket(scope, send, error)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     engine: Engine,
     *,
@@ -90,12 +150,13 @@ def create_app(
     routes = [
         Route("/v1/tasks", tasks.submit, methods=["POST"]),
         Route("/v1/tasks/batch", tasks.submit_batch, methods=["POST"]),
-        Route("/v1/tasks/{group}/{id}", tasks.get_task, methods=["GET"]),
-        Route("/v1/tasks/{group}/{id}", tasks.cancel_task, methods=["DELETE"]),
+        Route("/v1/tasks/{group}/{id}", _task, methods=["GET", "DELETE"]),
         Route("/v1/state", tasks.state, methods=["GET"]),
         Route("/v1/results", results.results, methods=["GET"]),
         WebSocketRoute("/v1/results/stream", results.stream),
         WebSocketRoute("/v1/worker", worker_ws.worker_channel),
+        Route("/v1/results/stream", _websocket_only, methods=["GET"]),
+        Route("/v1/worker", _websocket_only, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
@@ -109,7 +170,7 @@ def create_app(
     app.state.api_limits = api_limits = api_limits or ApiLimits()
     app.state.net_limits = net_limits = net_limits or NetLimits()
     guarded: ASGIApp = RequestGuard(
-        app,
+        StrictQuery(app),
         max_body=api_limits.max_body,
         body_timeout=net_limits.body_timeout,
         max_websockets=net_limits.max_connections,

@@ -450,6 +450,12 @@ def spec() -> dict[str, Any]:
         "security": [{"bearer": []}],
     }
     document["paths"]["/healthz"]["get"]["security"] = []
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            if operation.get("security") != []:
+                operation["responses"].setdefault("401", _ERRORS["401"])
+            if "101" in operation["responses"]:
+                operation["responses"]["426"] = _error("A plain HTTP request: this is a WebSocket")
     return document
 
 

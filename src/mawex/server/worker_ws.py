@@ -94,8 +94,10 @@ def _decode(text: str | None, data: bytes | None, max_frame: int) -> wire.Worker
     if len(frame) > max_frame:
         raise TooLarge(f"frame of {len(frame)} bytes is over the limit of {max_frame}")
     try:
+        if isinstance(frame, bytes):  # JSON is text: a binary frame must be UTF-8 too
+            frame = frame.decode("utf-8")
         return wire.decode_worker_message(frame)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Rejected(f"invalid frame: {exc}") from None
 
 

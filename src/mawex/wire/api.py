@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -24,7 +25,8 @@ class TaskIn(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     group: str
     payload: msgspec.Raw = msgspec.Raw(b"null")
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS_LIMIT)] = 1
+    #: A JSON integer; ``3.0`` is one too (as in JSON Schema), ``3.5`` is not.
+    max_attempts: Annotated[float, msgspec.Meta(ge=1, le=MAX_ATTEMPTS_LIMIT, multiple_of=1)] = 1
     timeout_s: Seconds | None = None
     pending_timeout_s: Seconds | None = None
 
@@ -80,7 +82,7 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise Rejected(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Rejected(f"malformed JSON: {exc}") from None
 
 
@@ -90,6 +92,10 @@ def _to_new_task(item: TaskIn, limits: ApiLimits, where: str = "") -> NewTask:
         check_name(item.group, "group")
     except Rejected as exc:
         raise Rejected(f"{where}{exc}") from None
+    try:  # a payload is kept as the client's bytes: they must be UTF-8, as JSON text is
+        codecs.utf_8_decode(item.payload, "strict", True)
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"{where}payload of {item.group}/{item.id} is not UTF-8: {exc}") from None
     if len(item.payload) > limits.max_payload_bytes:
         raise TooLarge(
             f"{where}payload of {item.group}/{item.id} is {len(item.payload)} bytes; "
@@ -99,7 +105,7 @@ def _to_new_task(item: TaskIn, limits: ApiLimits, where: str = "") -> NewTask:
         group=item.group,
         id=item.id,
         payload=item.payload,
-        max_attempts=item.max_attempts,
+        max_attempts=int(item.max_attempts),
         timeout_s=item.timeout_s,
         pending_timeout_s=item.pending_timeout_s,
     )

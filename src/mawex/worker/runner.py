@@ -22,6 +22,7 @@ Logs go to the ``mawex.worker`` logger with a stable ``extra={"action": ...}``.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import random
 import signal
@@ -143,6 +144,14 @@ def _ssl_context(ca: str) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot use CA bundle {ca!r}: {exc}") from exc
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        codecs.utf_8_decode(data, "strict", True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _attempt_text(ref: AttemptRef | Assign | Finished | Free) -> str:
@@ -665,6 +674,8 @@ class Worker:
             outcome = Outcome.failure(
                 f"result of {len(outcome.result)} bytes is over the limit of {limit} bytes"
             )
+        if outcome.ok and not _is_utf8(outcome.result):
+            outcome = Outcome.failure("result is not valid JSON text (not UTF-8)")
         if outcome.error is not None and len(outcome.error) > MAX_ERROR_CHARS:
             cut = outcome.error[: MAX_ERROR_CHARS - 40]
             outcome = Outcome.failure(
