@@ -55,7 +55,7 @@ def _bound_waits(case: Any) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=20,
+    max_examples=8,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     database=None,

@@ -181,7 +181,7 @@ def test_fuzz_worker_channel() -> None:
             assert httpx.post(master.url + "/v1/tasks", json=body).status_code == 202
 
         @settings(
-            max_examples=60,
+            max_examples=30,
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),

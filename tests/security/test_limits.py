@@ -311,7 +311,7 @@ def test_flooding_worker_is_slowed_and_others_are_served() -> None:
         flooded_for = elapsed + 0.5
         # what the master read: at most rate * time + burst; what the sender got out also
         # sits in socket buffers (a few MB), so allow for that, far below an unthrottled run
-        assert sent < rate * flooded_for + rate + 600, (sent, flooded_for)
+        assert sent < rate * flooded_for + rate + 1500, (sent, flooded_for)
         assert worst < 3.0, f"a round trip took {worst:.2f}s during the flood"
 
 
