@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,10 @@ import msgspec
 import pytest
 
 from mawex.core.decide import NewTask
-from mawex.errors import NotLeader
+from mawex.errors import JournalError, NotLeader
 from mawex.journal import open_journal
-from mawex.journal.base import Journal
+from mawex.journal.base import Journal, Record, Snapshot
+from mawex.journal.memory import MemoryJournal
 from mawex.master.engine import Engine, EngineSettings
 
 TTL = 0.6
@@ -327,3 +328,52 @@ async def test_a_standby_that_fails_to_apply_a_record_recovers_and_can_take_over
     await leader.stop()
     await _leader([standby])
     assert ("g", "t1") in standby.state.tasks
+
+
+class FlakyJournal(MemoryJournal):
+    """A memory journal whose appends and snapshot loads can be made to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_appends = 0
+        self.fail_loads = 0
+
+    async def append(self, records: Sequence[Record], epoch: int) -> None:
+        if self.fail_appends:
+            self.fail_appends -= 1
+            raise JournalError("store unreachable")
+        await super().append(records, epoch)
+
+    async def load_snapshot(self) -> Snapshot | None:
+        if self.fail_loads:
+            self.fail_loads -= 1
+            raise JournalError("store unreachable")
+        return await super().load_snapshot()
+
+
+async def test_failed_append_never_leaves_phantom_events_in_the_state() -> None:
+    journal = FlakyJournal()
+    engine = Engine(journal, EngineSettings(lease_ttl=TTL, tick_s=0.05))
+    await engine.start()
+    try:
+        await engine.wait_leader(5)
+        await engine.submit(_task("kept"))
+        # the append fails and so does the rebuild right after: the state that holds
+        # the unjournalled "phantom" must not survive into the next leadership
+        journal.fail_appends = 1
+        journal.fail_loads = 1
+        first_epoch = engine.epoch
+        with pytest.raises((NotLeader, JournalError)):
+            await engine.submit(_task("phantom"))
+        async with asyncio.timeout(TTL * 10):
+            while not (engine.is_leader and engine.epoch > first_epoch):
+                await asyncio.sleep(0.02)
+        assert ("g", "phantom") not in engine.state.tasks
+        assert engine.state.offset == await journal.last_offset()
+        assert await engine.submit(_task("after")) is False
+        await engine.cancel("g", "after")
+        events, _ = await engine.topic.read(0, 10)
+        assert [msgspec.json.decode(e)["offset"] for e in events] == [1]
+        assert [msgspec.json.decode(e)["id"] for e in events] == ["after"]
+    finally:
+        await engine.stop()

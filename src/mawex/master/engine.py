@@ -110,6 +110,9 @@ class Engine:
         self._snapshot_offset = 0
         self._stopping = False
         self._leader_event = asyncio.Event()
+        # True when the state may hold events the journal does not (a failed append,
+        # a record that failed half-applied): it must be rebuilt before any use
+        self._state_dirty = False
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Engine:
 
     async def rebuild(self) -> None:
         """Throw the state away and rebuild it from the journal (snapshot + replay)."""
+        self._state_dirty = True
         await self._rebuild()
 
     async def _rebuild(self) -> None:
@@ -177,6 +181,7 @@ class Engine:
         else:
             self.state = MasterState()
             self._snapshot_offset = 0
+        self._state_dirty = False
         await self.catch_up()
         self.topic.reset(self.state.topic_next)
 
@@ -187,8 +192,12 @@ class Engine:
         covers them: load it and continue from there. Trim keeps the retained topic
         records below the snapshot, so a read can return a record that follows ours
         and then gaps: only the contiguous prefix is applied, the gap after it is
-        found by the next read.
+        found by the next read. A state that may be ahead of the journal (see
+        :meth:`step_down`) is rebuilt first.
         """
+        if self._state_dirty:
+            await self._rebuild()
+            return 0
         applied = 0
         while True:
             records = await self.journal.read(self.state.offset + 1, READ_CHUNK)
@@ -211,7 +220,11 @@ class Engine:
             for record in records:
                 if record.offset != self.state.offset + 1:
                     break  # records trimmed under us: the next read finds the snapshot
-                self.state.apply(ev.decode(record.body))
+                try:
+                    self.state.apply(ev.decode(record.body))
+                except Exception:
+                    self._state_dirty = True  # possibly half-applied
+                    raise
                 self.state.offset = record.offset
                 contiguous += 1
             applied += contiguous
@@ -251,6 +264,9 @@ class Engine:
         self.lease = None
         await self._stop_loop()
         self._drop_sessions("leader stepped down")
+        # the state may hold this turn's events whose append failed: until a rebuild
+        # succeeds (the journal may be down now), nothing may build on it
+        self._state_dirty = True
         with contextlib.suppress(MawexError):
             await self._rebuild()
 
