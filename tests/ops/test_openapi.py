@@ -1,5 +1,5 @@
 """``/openapi.json`` is a valid OpenAPI 3.1 document that matches the routes and the
-wire schemas; ``/docs`` and ``/`` are self-contained pages, open without the token."""
+wire schemas; ``/docs`` and ``/`` are self-contained pages that ask for the token."""
 
 from __future__ import annotations
 
@@ -71,10 +71,13 @@ async def test_every_route_is_documented() -> None:
     assert routes == documented
 
 
-async def test_pages_are_open_and_self_contained(http: httpx.AsyncClient) -> None:
+async def test_pages_ask_for_the_token_and_are_self_contained(http: httpx.AsyncClient) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     for path in ("/", "/docs"):
+        assert (await http.get(path, headers=headers)).status_code == 200, path
+        # without the token: 401, with the page itself, which asks for the token
         page = await http.get(path)
-        assert page.status_code == 200, path
+        assert page.status_code == 401, path
         assert page.headers["content-type"].startswith("text/html")
         assert page.headers["cache-control"] == "no-store"
         # no CDN, no external script, style or font: the page works offline
@@ -85,7 +88,6 @@ async def test_pages_are_open_and_self_contained(http: httpx.AsyncClient) -> Non
     assert (await http.get("/v1/state")).status_code == 401
     assert (await http.get("/metrics")).status_code == 401
     assert (await http.get("/healthz")).status_code == 200
-    headers = {"Authorization": f"Bearer {TOKEN}"}
     document = (await http.get("/openapi.json", headers=headers)).json()
     assert document == spec()
     # the page embeds the very same document, intact up to its closing tag

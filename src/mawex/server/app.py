@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mawex.errors import ConfigError, MawexError, Rejected, Unauthorized
 from mawex.master.engine import Engine
@@ -18,8 +18,8 @@ from mawex.server.limits import NetLimits, RequestGuard, refuse_websocket
 from mawex.server.responses import error_response, mawex_error_handler
 from mawex.wire.api import ApiLimits
 
-#: No token needed: liveness, and the page shells that ask for the token (they hold no data).
-OPEN_PATHS = frozenset({"/healthz"}) | ops.PAGE_PATHS
+#: No token needed: liveness only (page shells come with 401 and ask for the token).
+OPEN_PATHS = frozenset({"/healthz"})
 #: The worker channel: with a worker token, it takes that token and no other.
 WORKER_PATH = "/v1/worker"
 
@@ -67,12 +67,25 @@ class BearerAuth:
             and scope["path"] not in OPEN_PATHS
             and not self._allowed(scope["path"], _authorization(scope))
         ):
-            if scope["type"] == "http":
+            if scope["type"] == "http" and scope["path"] in ops.PAGE_PATHS:
+                # the page shell (no data) with 401: the browser shows it and it asks
+                # for the token, which it then sends on every request for data
+                await self.app(scope, receive, _with_status(send, 401))
+            elif scope["type"] == "http":
                 await error_response(Unauthorized())(scope, receive, send)
             else:
                 await refuse_websocket(scope, send, Unauthorized())
             return
         await self.app(scope, receive, send)
+
+
+def _with_status(send: Send, status: int) -> Send:
+    async def send_with_status(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "status": status}
+        await send(message)
+
+    return send_with_status
 
 
 async def _task(request: Request) -> Response:

@@ -19,8 +19,9 @@ from mawex.server.responses import json_response
 
 log = logging.getLogger("mawex.tasks")
 
-#: Paths that serve only static page shells (no data): open even with ``--token``,
-#: so a browser can load the page that then asks for the token.
+#: Paths that serve only static page shells (no data). With ``--token`` and no valid
+#: token they still come, with status 401, so the browser shows the page that asks
+#: for the token.
 PAGE_PATHS = frozenset({"/", "/docs"})
 
 
