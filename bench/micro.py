@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -198,10 +198,10 @@ def snapshot_cost(tasks: int) -> None:
 
     state = MasterState()
     for i in range(tasks):
-        key = {"group": "bench", "id": f"e2e-{i}"}
-        state.apply(ev.Accepted(**key, payload=msgspec.Raw(b"null"), at=1.0))
-        state.apply(ev.Scheduled(**key, attempt=1, worker="w", pod="p", at=1.0))
-        state.apply(ev.Completed(**key, attempt=1, result=msgspec.Raw(b"null"), at=1.0))
+        g, id = "bench", f"e2e-{i}"
+        state.apply(ev.Accepted(group=g, id=id, payload=msgspec.Raw(b"null"), at=1.0))
+        state.apply(ev.Scheduled(group=g, id=id, attempt=1, worker="w", pod="p", at=1.0))
+        state.apply(ev.Completed(group=g, id=id, attempt=1, result=msgspec.Raw(b"null"), at=1.0))
     started = time.perf_counter()
     body = state.snapshot()
     put(f"snapshot_ms_{tasks}_tasks", (time.perf_counter() - started) * 1e3)
@@ -307,9 +307,10 @@ async def engine_costs(tasks: int, pods: int) -> None:
     from mawex.journal.sqlite import SQLiteJournal
 
     await engine_run(MemoryJournal(), "memory", tasks, pods)
-    for sync in ("full", "normal"):
+    syncs: tuple[Literal["full", "normal"], ...] = ("full", "normal")
+    for sync in syncs:
         with tempfile.TemporaryDirectory(prefix="mawex-micro-") as tmp:
-            journal = SQLiteJournal(Path(tmp) / "m.db", synchronous=sync)  # type: ignore[arg-type]
+            journal = SQLiteJournal(Path(tmp) / "m.db", synchronous=sync)
             await engine_run(journal, f"sqlite_{sync}", tasks, pods)
 
 

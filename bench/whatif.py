@@ -57,7 +57,8 @@ def _no_deflate() -> None:
         original_init(self, *args, **kwargs)
 
     uvicorn.Config.__init__ = init  # type: ignore[method-assign]
-    runner.connect = functools.partial(runner.connect, compression=None)  # type: ignore[assignment]
+    patched = functools.partial(runner.connect, compression=None)  # type: ignore[attr-defined]
+    runner.connect = patched  # type: ignore[attr-defined,assignment]
 
 
 def _thread_reuse() -> None:
