@@ -149,6 +149,7 @@ class LocalMaster:
             timeout_keep_alive=net.keep_alive_timeout,
             h11_max_incomplete_event_size=net.max_header_bytes,
             ws_max_size=self.api_limits.max_frame_bytes,
+            ws_per_message_deflate=False,
             ws_ping_interval=20.0,
             timeout_graceful_shutdown=2,
             ssl_certfile=self.tls_cert,

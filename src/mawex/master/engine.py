@@ -588,7 +588,7 @@ class Engine:
         if not self._waiters:
             return
         for event in events:
-            if isinstance(event, ev.Completed | ev.Failed | ev.Cancelled | ev.Expired):
+            if isinstance(event, ev.TERMINAL_CLASSES):
                 for future in self._waiters.pop((event.group, event.id), ()):
                     if not future.done():
                         future.set_result(None)

@@ -377,6 +377,7 @@ class Worker:
                 ping_interval=10,
                 ping_timeout=20,
                 max_size=self.max_frame,
+                compression=None,
             )
         except InvalidStatus as exc:
             self._rejected_handshake(url, exc)
@@ -655,7 +656,7 @@ class Worker:
 
     async def _execute(self, assign: Assign, ref: AttemptRef) -> None:
         timeout = self._timeout(assign.timeout_s)
-        self._log(logging.INFO, "running", "run", attempt=_attempt_text(ref), timeout=timeout)
+        self._log(logging.DEBUG, "running", "run", attempt=_attempt_text(ref), timeout=timeout)
         try:
             payload = msgspec.json.decode(assign.payload)
         except msgspec.DecodeError as exc:
@@ -709,8 +710,9 @@ class Worker:
             self._busy_watch = asyncio.create_task(
                 self._watch_lingering(finished, outcome.lingering)
             )
+        # per-task lines cost more than the task itself for small tasks: debug level
         self._log(
-            logging.INFO if outcome.ok else logging.WARNING,
+            logging.DEBUG if outcome.ok else logging.WARNING,
             "attempt finished",
             "finished",
             attempt=_attempt_text(ref),
