@@ -297,3 +297,28 @@ def test_create_sandbox_rejects_unknown_kinds_and_options() -> None:
         create_sandbox("vm", f"{DEMO}:echo")
     with pytest.raises(ConfigError, match="invalid options for the local sandbox"):
         create_sandbox("local", f"{DEMO}:echo", nonsense=1)
+
+
+def thread_name_and_id(task: Task) -> list[object]:
+    if task.payload:
+        time.sleep(float(task.payload))
+    return [threading.current_thread().name, threading.get_ident()]
+
+
+async def test_sync_calls_reuse_one_thread() -> None:
+    sandbox = LocalSandbox(f"{HERE}:thread_name_and_id")
+    await sandbox.start()
+    try:
+        first = await sandbox.run(task(None, "a"), None)
+        second = await sandbox.run(task(None, "b"), None)
+        assert msgspec.json.decode(first.result) == msgspec.json.decode(second.result)
+        assert msgspec.json.decode(first.result)[1] != threading.get_ident()
+        # a timed-out call keeps its thread (and the pod) busy until it returns;
+        # then the thread serves the next task again
+        stuck = await sandbox.run(task(0.5, "c"), 0.05)
+        assert not stuck.ok and stuck.lingering is not None
+        third = await sandbox.run(task(None, "d"), None)
+        assert third.ok
+        assert msgspec.json.decode(third.result) == msgspec.json.decode(first.result)
+    finally:
+        await sandbox.close()

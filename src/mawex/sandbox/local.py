@@ -14,6 +14,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -58,18 +59,52 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def _thread_main(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[_Result], call: Callable[[], Any]
-) -> None:
-    result: _Result
-    try:
-        result = (True, call())
-    except BaseException as exc:  # everything the user code raises, SystemExit included
-        result = (False, exc)
-    try:
-        loop.call_soon_threadsafe(_settle, future, result)
-    except RuntimeError:  # the loop is closed: nobody waits for this result any more
-        pass
+class _ExecutorThread:
+    """A daemon thread that runs sync executor calls one after another.
+
+    Starting a thread per task cost more than a small task itself; one thread is
+    reused while it is free. A thread stuck in a timed-out call is left to finish
+    on its own (Python cannot stop it) and a new one takes over.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[_Result], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
+        self.idle = True
+        thread = threading.Thread(
+            target=self._main,
+            name="mawex-local-executor",
+            daemon=True,  # a stuck executor must not keep the process alive at exit
+        )
+        thread.start()
+
+    def submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[_Result],
+        call: Callable[[], Any],
+    ) -> None:
+        self.idle = False
+        self._jobs.put((loop, future, call))
+
+    def stop(self) -> None:
+        """Exit once the current call, if any, returns."""
+        self._jobs.put(None)
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, call = job
+            result: _Result
+            try:
+                result = (True, call())
+            except BaseException as exc:  # everything user code raises, SystemExit included
+                result = (False, exc)
+            self.idle = True  # before the loop hears of it, so the next task reuses us
+            try:
+                loop.call_soon_threadsafe(_settle, future, result)
+            except RuntimeError:  # the loop is closed: nobody waits for this result any more
+                pass
 
 
 def _settle(future: asyncio.Future[_Result], result: _Result) -> None:
@@ -103,6 +138,7 @@ class LocalSandbox:
         self._attempt: _Attempt | None = None
         self._lingering: asyncio.Future[None] | None = None
         self._strays: set[asyncio.Future[_Result]] = set()
+        self._thread: _ExecutorThread | None = None
 
     @property
     def executor(self) -> Executor:
@@ -173,6 +209,9 @@ class LocalSandbox:
     async def close(self) -> None:
         """Cancel the running attempt and any abandoned async code (threads cannot be killed)."""
         await self.cancel("sandbox closed")
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
         tasks = [stray for stray in self._strays if isinstance(stray, asyncio.Task)]
         for task in tasks:
             task.cancel()
@@ -187,13 +226,12 @@ class LocalSandbox:
             return asyncio.ensure_future(_call_async(call))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_Result] = loop.create_future()
-        thread = threading.Thread(
-            target=_thread_main,
-            args=(loop, future, call),
-            name="mawex-local-executor",
-            daemon=True,  # a stuck executor must not keep the process alive at exit
-        )
-        thread.start()
+        thread = self._thread
+        if thread is None or not thread.idle:
+            if thread is not None:
+                thread.stop()
+            thread = self._thread = _ExecutorThread()
+        thread.submit(loop, future, call)
         return future
 
     @staticmethod
