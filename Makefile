@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format bench bench-quick chaos clean
+.PHONY: demo test lint format bench bench-failover bench-sandbox chaos clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mawex needs Python 3.11+, found " + sys.version.split()[0])'
@@ -49,6 +49,14 @@ format: $(VENV)/.installed-dev
 ## bench: end-to-end throughput and round-trip latency on SQLite
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/throughput.py
+
+## bench-failover: failover time and replay speed (SQLite, PostgreSQL; 10k and 1M events)
+bench-failover: $(VENV)/.installed-dev
+	$(BIN)/python bench/failover.py
+
+## bench-sandbox: per-task overhead of the local, forked (warm) and forked (spawn) sandboxes
+bench-sandbox: $(VENV)/.installed-dev
+	$(BIN)/python bench/sandbox_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
