@@ -102,12 +102,16 @@ def test_client_token_opens_client_endpoints_only(secured: ThreadMaster) -> None
     assert _ws_status(_ws(secured.url) + "/v1/worker", _bearer("wrong")) == 401
 
 
-def test_open_paths_need_no_token(secured: ThreadMaster) -> None:
+def test_only_healthz_needs_no_token(secured: ThreadMaster) -> None:
     assert httpx.get(secured.url + "/healthz").status_code == 200
     for page in ("/", "/docs"):
+        # 401, with the page shell that asks for the token (and holds no secret)
         response = httpx.get(secured.url + page)
-        assert response.status_code == 200
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("text/html")
         assert CLIENT_TOKEN not in response.text and WORKER_TOKEN not in response.text
+        authorised = httpx.get(secured.url + page, headers=_bearer(CLIENT_TOKEN))
+        assert authorised.status_code == 200
 
 
 def test_refused_worker_handshake_is_a_clear_401(secured: ThreadMaster) -> None:
