@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import msgspec
 
 from mawex.core import events as ev
-from mawex.core.state import MasterState, TaskRecord, WorkerInfo
+from mawex.core.state import MasterState, Slot, TaskRecord, WorkerInfo
 from mawex.errors import NotFound, QueueFull
 from mawex.model import TaskStatus
 from mawex.wire import worker as wire
@@ -182,28 +182,7 @@ def hello(state: MasterState, msg: wire.Hello, now: float) -> WorkerInfo:
         # The worker holds an attempt it does not report. Worker ids are per process, so
         # this is the same process: the assignment never reached it (a master died between
         # committing it and sending it). Requeue it unfailed; its pod is free again.
-        record = _running_attempt(state, msg.worker, slot.group, slot.id, slot.attempt)
-        if record is not None:
-            state.emit(
-                ev.Requeued(
-                    group=slot.group,
-                    id=slot.id,
-                    attempt=slot.attempt,
-                    reason=f"worker {msg.worker} never received it",
-                    at=now,
-                )
-            )
-        else:
-            state.emit(
-                ev.Released(
-                    pod=msg.pod,
-                    worker=msg.worker,
-                    group=slot.group,
-                    id=slot.id,
-                    attempt=slot.attempt,
-                    at=now,
-                )
-            )
+        end_slot(state, msg.pod, slot, now, requeue=f"worker {msg.worker} never received it")
         slot = None
     if ref is not None:
         if slot is not None and slot.worker == msg.worker:
@@ -272,12 +251,36 @@ def lose_worker(state: MasterState, w: WorkerInfo, error: str, now: float) -> No
     slot = state.occupancy.get(w.pod)
     if slot is None or slot.worker != w.id:
         return
-    record = _running_attempt(state, w.id, slot.group, slot.id, slot.attempt)
-    if record is not None:
-        fail_attempt(state, record, error, now, release=True)
-    else:
+    end_slot(state, w.pod, slot, now, error=error)
+
+
+def end_slot(
+    state: MasterState,
+    pod: str,
+    slot: Slot,
+    now: float,
+    *,
+    error: str | None = None,
+    requeue: str | None = None,
+) -> None:
+    """Free ``pod`` from ``slot``: a still-running attempt is requeued unfailed (with the
+    ``requeue`` reason) or failed with ``error`` (retried while attempts remain); an
+    attempt whose outcome is already recorded just releases the pod."""
+    record = _running_attempt(state, slot.worker, slot.group, slot.id, slot.attempt)
+    if record is None:
         state.emit(
             ev.Released(
-                pod=w.pod, worker=w.id, group=slot.group, id=slot.id, attempt=slot.attempt, at=now
+                pod=pod,
+                worker=slot.worker,
+                group=slot.group,
+                id=slot.id,
+                attempt=slot.attempt,
+                at=now,
             )
         )
+    elif requeue is not None:
+        state.emit(
+            ev.Requeued(group=slot.group, id=slot.id, attempt=slot.attempt, reason=requeue, at=now)
+        )
+    else:
+        fail_attempt(state, record, error or f"worker {slot.worker} lost", now, release=True)

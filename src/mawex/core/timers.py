@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 
 from mawex.core import events as ev
-from mawex.core.decide import Limits, fail_attempt, lose_worker
+from mawex.core.decide import Limits, end_slot, fail_attempt, lose_worker
 from mawex.core.state import MasterState
 from mawex.model import TaskStatus
 from mawex.wire import worker as wire
@@ -39,30 +39,13 @@ def _check_orphans(state: MasterState, now: float, limits: Limits) -> None:
     for pod, slot in list(state.occupancy.items()):
         if slot.worker in state.workers:
             continue
-        record = state.tasks.get((slot.group, slot.id))
-        if (
-            record is not None
-            and record.status is TaskStatus.RUNNING
-            and record.attempt == slot.attempt
-        ):
-            fail_attempt(
-                state,
-                record,
-                f"worker {slot.worker} lost (did not return after failover)",
-                now,
-                release=True,
-            )
-        else:
-            state.emit(
-                ev.Released(
-                    pod=pod,
-                    worker=slot.worker,
-                    group=slot.group,
-                    id=slot.id,
-                    attempt=slot.attempt,
-                    at=now,
-                )
-            )
+        end_slot(
+            state,
+            pod,
+            slot,
+            now,
+            error=f"worker {slot.worker} lost (did not return after failover)",
+        )
 
 
 def _check_timeouts(state: MasterState, now: float, limits: Limits) -> None:
