@@ -21,6 +21,7 @@ import httpx
 
 import mawex
 from mawex.cluster import LocalCluster, Proc, free_port
+from tests.polling import wait_until
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -46,26 +47,6 @@ def key_of(item: Mapping[str, Any]) -> Key:
 
 
 # -- waiting --------------------------------------------------------------------------
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    timeout: float,
-    what: str,
-    *,
-    interval: float = 0.05,
-    describe: Callable[[], object] | None = None,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            seen = f"; last seen: {describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{seen}")
-        time.sleep(interval)
 
 
 # -- processes -------------------------------------------------------------------------

@@ -9,8 +9,7 @@ deadline, never sleeping to synchronise.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -39,26 +38,6 @@ def missing(what: str) -> NoReturn:
     if os.environ.get("MAWEX_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{what} (and MAWEX_REQUIRE_SERVICES=1)", pytrace=False)
     pytest.skip(what)
-
-
-def wait_until(
-    predicate: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    *,
-    interval: float = 0.05,
-    describe: Callable[[], object] | None = None,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            seen = f"; last seen: {describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{seen}")
-        time.sleep(interval)
 
 
 def get_state(url: str, token: str | None = None) -> dict[str, Any]:

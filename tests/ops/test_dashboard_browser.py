@@ -23,7 +23,8 @@ import pytest
 
 import mawex
 from mawex.cluster import LocalCluster
-from tests.ops.conftest import ARTIFACTS, get_state, missing, start_master, url_of, wait_until
+from tests.ops.conftest import ARTIFACTS, get_state, missing, start_master, url_of
+from tests.polling import wait_until
 
 CHROMIUM = os.environ.get("MAWEX_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -30,7 +30,8 @@ import httpx
 import pytest
 
 from mawex.cluster import free_port
-from tests.ops.conftest import REPO, wait_until
+from tests.ops.conftest import REPO
+from tests.polling import wait_until
 
 DOCS = REPO / "docs"
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.M | re.S)

@@ -17,7 +17,8 @@ import pytest
 import mawex
 from mawex.cluster import LocalCluster, Proc
 from mawex.logs import JsonFormatter, TextFormatter, setup_logging
-from tests.ops.conftest import start_master, url_of, wait_until
+from tests.ops.conftest import start_master, url_of
+from tests.polling import wait_until
 
 STABLE_KEYS = ("ts", "time", "level", "logger", "msg")
 

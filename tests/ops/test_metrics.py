@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import mawex
 from mawex.cluster import LocalCluster
-from tests.ops.conftest import get_state, start_master, url_of, wait_until
+from tests.ops.conftest import get_state, start_master, url_of
+from tests.polling import wait_until
 
 DEMO = "mawex.examples.demo:Demo"
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
