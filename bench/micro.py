@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from _common import git_describe
 
 from mawex.core import events as ev
 from mawex.core.decide import NewTask
@@ -48,29 +49,6 @@ FIGURES: dict[str, float] = {}
 def put(name: str, value: float) -> None:
     FIGURES[name] = round(value, 3)
     print(f"{name} {FIGURES[name]}", flush=True)
-
-
-def git_describe() -> str:
-    """The commit measured, with ``-dirty`` when src/ has uncommitted changes."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def per_call_us(fn: Callable[[], object], n: int) -> float:

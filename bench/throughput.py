@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import httpx
 import msgspec
+from _common import git_describe
 
 GROUP = "bench"
 ENQUEUE_GROUP = "bench-enqueue"
@@ -268,27 +269,6 @@ class Processes:
                 self.stop(proc)
         for proc in self.procs:
             self.stop(proc)
-
-
-def git_describe() -> str:
-    """The commit measured, with ``-dirty`` when src/ has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def free_port() -> int:
