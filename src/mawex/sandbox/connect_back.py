@@ -42,6 +42,7 @@ import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from mawex.model import Task
 from mawex.sandbox.base import Outcome
 from mawex.wire.executor import (
     FRAME_HEADER,
@@ -55,6 +56,22 @@ from mawex.wire.executor import (
     encode,
     split_connect_url,
 )
+
+
+def task_frame(
+    task: Task, executor_ref: str, args: dict[str, str], timeout_s: float | None
+) -> TaskFrame:
+    """The ``task`` frame that hands one attempt to its executor process."""
+    return TaskFrame(
+        group=task.group,
+        id=task.id,
+        attempt=task.attempt,
+        payload=msgspec.Raw(msgspec.json.encode(task.payload)),
+        executor=executor_ref,
+        args=args,
+        timeout_s=timeout_s,
+    )
+
 
 __all__ = [
     "CONNECT_PATH",

@@ -88,9 +88,8 @@ from mawex.sandbox.child import (
     decode_zygote_message,
     encode_control,
 )
-from mawex.sandbox.connect_back import ChildLost, ConnectBackServer, Expectation
+from mawex.sandbox.connect_back import ChildLost, ConnectBackServer, Expectation, task_frame
 from mawex.sandbox.executor_ref import ERROR_LIMIT
-from mawex.wire.executor import TaskFrame
 
 __all__ = ["KEPT_ENV", "MODES", "ForkedSandbox", "child_environment", "describe_status"]
 
@@ -796,17 +795,6 @@ class ForkedSandbox:
 
     # -- one attempt -------------------------------------------------------------------
 
-    def _frame(self, task: Task, timeout_s: float | None) -> TaskFrame:
-        return TaskFrame(
-            group=task.group,
-            id=task.id,
-            attempt=task.attempt,
-            payload=msgspec.Raw(msgspec.json.encode(task.payload)),
-            executor=self.executor_ref,
-            args=self.args,
-            timeout_s=timeout_s,
-        )
-
     @staticmethod
     async def _first(*futures: asyncio.Future[Any], deadline: float | None) -> None:
         timeout = (
@@ -822,7 +810,9 @@ class ForkedSandbox:
             if isinstance(zygote, Outcome):
                 return zygote
             secret = self._server.new_secret()
-            expectation = self._server.expect(secret, self._frame(attempt.task, timeout_s))
+            expectation = self._server.expect(
+                secret, task_frame(attempt.task, self.executor_ref, self.args, timeout_s)
+            )
             read_fd, write_fd = os.pipe()
             output = _Output(read_fd, self.output_limit)
             ours: socket.socket | None = None

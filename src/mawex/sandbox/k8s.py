@@ -38,12 +38,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import msgspec
-
 from mawex.errors import ConfigError
 from mawex.model import Task
 from mawex.sandbox.base import Outcome
-from mawex.sandbox.connect_back import ChildLost, ConnectBackServer, Expectation
+from mawex.sandbox.connect_back import ChildLost, ConnectBackServer, Expectation, task_frame
 from mawex.sandbox.executor_ref import ERROR_LIMIT, split_ref
 from mawex.sandbox.k8s_api import ClientSettings, JobApi, K8sApiError, connect
 from mawex.sandbox.k8s_manifest import (
@@ -59,7 +57,6 @@ from mawex.sandbox.k8s_manifest import (
     job_name,
     read_state,
 )
-from mawex.wire.executor import TaskFrame
 
 __all__ = ["INSTANCE", "K8sSandbox", "parse_env", "parse_listen"]
 
@@ -388,16 +385,7 @@ class K8sSandbox:
         attempt = self._attempt = _Attempt(task)
         secret = server.new_secret()
         expectation = server.expect(
-            secret,
-            TaskFrame(
-                group=task.group,
-                id=task.id,
-                attempt=task.attempt,
-                payload=msgspec.Raw(msgspec.json.encode(task.payload)),
-                executor=self.executor_ref,
-                args=self.args,
-                timeout_s=timeout_s,
-            ),
+            secret, task_frame(task, self.executor_ref, self.args, timeout_s)
         )
         name = job_name(task.group, task.id, task.attempt, secrets.token_hex(3))
         try:
