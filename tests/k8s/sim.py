@@ -359,9 +359,11 @@ class Kubelet:
         try:
             yield self
         finally:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # on Python 3.11 a wait_for inside the loop can swallow one cancellation:
+            # cancel again until the loop has really stopped
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1)
             for job in self.jobs.values():
                 await self._kill(job)
             await self._session.close()
