@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format bench bench-failover bench-sandbox chaos clean
+.PHONY: demo test lint format bench bench-failover bench-sandbox bench-compare bench-scale chaos clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mawex needs Python 3.11+, found " + sys.version.split()[0])'
@@ -25,6 +25,23 @@ demo: $(VENV)/.installed
 ## test: the whole suite (PostgreSQL/Redis tests skip with a reason when unreachable)
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest
+
+## bench-compare: mawex side by side with celery, huey, dramatiq, rq and arq on the local Redis
+## (the peers go into their own environment, bench/compare/.venv); Markdown + JSON in bench/results/
+COMPARE_VENV := bench/compare/.venv
+$(COMPARE_VENV)/.installed: bench/compare/requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mawex needs Python 3.11+")'
+	$(PYTHON) -m venv $(COMPARE_VENV)
+	$(COMPARE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COMPARE_VENV)/bin/pip install -q -e . -r bench/compare/requirements.txt
+	@touch $@
+
+bench-compare: $(COMPARE_VENV)/.installed
+	$(COMPARE_VENV)/bin/python bench/compare/run.py $(COMPARE_ARGS)
+
+## bench-scale: 1,000 workers in 100 groups, 1M pending tasks, takeover, result-topic fan-out
+bench-scale: $(VENV)/.installed-dev
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 ## chaos: the long chaos run on SQLite and PostgreSQL (5,000 tasks, 75 events: 50 leader
 ## SIGKILL/SIGSTOP, random worker kills, PostgreSQL server restarts); history files in chaos-history/

@@ -1,6 +1,6 @@
 """Compare ``throughput.py --json`` results side by side (e.g. before and after a change).
 
-Run: ``.venv/bin/python bench/compare.py bench/results/a.json bench/results/b.json [--all]``
+Run: ``.venv/bin/python bench/before_after.py bench/results/a.json bench/results/b.json [--all]``
 
 Prints one row per figure and one column per file; without ``--all`` only the
 headline figures.
