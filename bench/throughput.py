@@ -395,18 +395,20 @@ def start_cluster(args: argparse.Namespace, procs: Processes, journal: JournalSe
     for i in range(args.workers):
         argv = [*mawex, "worker", EXECUTOR, "--master", url, "--group", GROUP]
         argv += ["--pod", f"pod-{i + 1}", "--sandbox", "local"]
+        argv += ["--concurrency", str(args.concurrency)]
         argv += ["--log-format", "json", "--log-level", args.log_level]
         workers.append(procs.spawn(f"worker-{i + 1}", argv, env))
     while True:
         state = httpx.get(f"{url}/v1/state", timeout=5).json()
         connected = [w for w in state["workers"] if w["status"] != "disconnected"]
-        if len(connected) >= args.workers:
+        if len(connected) >= args.workers * args.concurrency:
             break
         for worker in workers:
             if not worker.alive():
                 raise RuntimeError(f"{worker.name} exited:\n{worker.tail()}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(connected)} of {args.workers} workers connected")
+            expected = args.workers * args.concurrency
+            raise TimeoutError(f"only {len(connected)} of {expected} workers connected")
         time.sleep(0.05)
     return Cluster(url, master, workers, procs)
 
@@ -774,7 +776,13 @@ async def run(args: argparse.Namespace, cluster: Cluster, figures: Figures) -> N
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000, help="e2e tasks (and batch enqueue)")
-    parser.add_argument("--workers", type=int, default=4, help="worker processes, one pod each")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="pods per worker process (mawex worker --concurrency)",
+    )
     parser.add_argument("--journal", choices=JOURNALS, default="sqlite")
     parser.add_argument("--client", choices=("httpx", "raw"), default="httpx")
     parser.add_argument("--batch", type=int, default=500, help="tasks per POST /v1/tasks/batch")
@@ -832,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         figures.put("journal", args.journal)
         figures.put("workers", args.workers)
-        figures.put("pods", args.workers)
+        figures.put("pods", args.workers * args.concurrency)
         figures.put("client", args.client)
         figures.put("log_level", args.log_level)
         figures.put("whatif", args.whatif or "none")

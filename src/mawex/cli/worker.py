@@ -1,4 +1,4 @@
-"""``mawex worker``: one worker per listed group, all in one pod."""
+"""``mawex worker``: one worker per listed group, in one pod (or ``--concurrency`` pods)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ log = logging.getLogger("mawex.worker")
 @masters_option()
 @option("--group", "groups", required=True, help="Consumer group(s) to serve, comma-separated.")
 @option("--pod", required=True, help="The pod: never more than one task at a time runs in it.")
+@option(
+    "--concurrency",
+    type=click.IntRange(1, 1000),
+    default=1,
+    help="Run this many pods in this process, POD-1 … POD-N, each running one task at a "
+    "time for every group (for many small tasks: fewer processes, more tasks in flight).",
+)
 @option(
     "--sandbox",
     type=click.Choice(["local", "forked", "k8s"]),
@@ -91,6 +98,7 @@ def worker(
     masters: str,
     groups: str,
     pod: str,
+    concurrency: int,
     sandbox: str,
     args: tuple[str, ...],
     sandbox_mode: str,
@@ -138,6 +146,7 @@ def worker(
         sandbox=sandbox,
         args=executor_args,
         sandbox_options=sandbox_options,
+        concurrency=concurrency,
         token=token,
         ca=ca,
         task_timeout=task_timeout,

@@ -830,7 +830,7 @@ class Worker:
 
 
 class WorkerPool:
-    """Runs several workers (one per group, all in one pod) on one loop."""
+    """Runs several workers (one per group and pod) on one loop."""
 
     def __init__(self, workers: Sequence[Worker]) -> None:
         if not workers:
@@ -885,24 +885,41 @@ def build_workers(
     sandbox: str = "local",
     args: Mapping[str, str] | None = None,
     sandbox_options: Mapping[str, Any] | None = None,
+    concurrency: int = 1,
     **worker_options: Any,
 ) -> WorkerPool:
-    """One :class:`Worker` per group (``"a,b"`` or a list), each with its own sandbox.
+    """One :class:`Worker` per group (``"a,b"`` or a list) and pod, each with its own sandbox.
 
-    ``worker_options`` are :class:`Worker` keyword arguments (``token``, ``ca``,
-    ``task_timeout``, ``drain_timeout``, ...).
+    ``concurrency`` > 1 runs that many pods in this process, ``POD-1`` … ``POD-N``,
+    each serving every group and running one task at a time. ``worker_options`` are
+    :class:`Worker` keyword arguments (``token``, ``ca``, ``task_timeout``, ...).
     """
-    workers = [
-        Worker(
-            masters=masters,
-            group=group,
-            pod=pod,
-            sandbox=create_sandbox(sandbox, executor_ref, args, **dict(sandbox_options or {})),
-            **worker_options,
-        )
-        for group in _groups(groups)
-    ]
+    names = _groups(groups)
+    workers = []
+    for pod_name in pod_names(pod, concurrency):
+        options = dict(sandbox_options or {})
+        if "pod" in options:  # a sandbox that labels what it starts with its pod (k8s)
+            options["pod"] = pod_name
+        for group in names:
+            workers.append(
+                Worker(
+                    masters=masters,
+                    group=group,
+                    pod=pod_name,
+                    sandbox=create_sandbox(sandbox, executor_ref, args, **options),
+                    **worker_options,
+                )
+            )
     return WorkerPool(workers)
+
+
+def pod_names(pod: str, concurrency: int = 1) -> list[str]:
+    """The pods a worker process with ``concurrency`` runs: ``[pod]``, or ``POD-1`` … ``POD-N``."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"concurrency must be a whole number >= 1, not {concurrency!r}")
+    if concurrency == 1:
+        return [_name(pod, "pod")]
+    return [_name(f"{pod}-{index}", "pod") for index in range(1, concurrency + 1)]
 
 
 async def run_workers(
@@ -914,10 +931,12 @@ async def run_workers(
     sandbox: str = "local",
     args: Mapping[str, str] | None = None,
     sandbox_options: Mapping[str, Any] | None = None,
+    concurrency: int = 1,
     handle_signals: bool = True,
     **worker_options: Any,
 ) -> None:
-    """Run one worker per group in pod ``pod`` until SIGTERM/SIGINT (``mawex worker``).
+    """Run one worker per group in pod ``pod`` (``concurrency`` pods: see
+    :func:`build_workers`) until SIGTERM/SIGINT (``mawex worker``).
 
     The first signal drains (running attempts get ``drain_timeout``), a second one
     hands running attempts back at once.
@@ -930,6 +949,7 @@ async def run_workers(
         sandbox=sandbox,
         args=args,
         sandbox_options=sandbox_options,
+        concurrency=concurrency,
         **worker_options,
     )
     loop = asyncio.get_running_loop()
