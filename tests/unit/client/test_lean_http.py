@@ -1,0 +1,270 @@
+"""The async client's HTTP/1.1 connection pool against real sockets on 127.0.0.1.
+
+Each test runs a small asyncio HTTP server that answers as scripted and records
+the connections and requests it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import trustme
+
+from mawex.client._http import LeanHttp
+
+Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
+
+
+@dataclass
+class Server:
+    url: str
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+
+
+def ok(body: bytes = b'{"ok":true}', extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+@asynccontextmanager
+async def serve(answer: Answer, context: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
+    """``answer(request, writer)`` writes the response; returning False ends the connection."""
+    server = Server("")
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        server.connections += 1
+        try:
+            while (request := await _read_request(reader)) is not None:
+                server.requests.append(request)
+                keep = await answer(request, writer)
+                await writer.drain()
+                if not keep:
+                    break
+        finally:
+            writer.close()
+            handlers.discard(task)
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = listener.sockets[0].getsockname()[1]
+    server.url = f"{'https' if context else 'http'}://127.0.0.1:{port}"
+    try:
+        yield server
+    finally:
+        listener.close()
+        for task in list(handlers):
+            task.cancel()
+        await listener.wait_closed()
+
+
+async def always_ok(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(ok())
+    return True
+
+
+async def test_sequential_requests_share_one_connection() -> None:
+    async with serve(always_ok) as server:
+        http = LeanHttp(headers={"authorization": "Bearer s3cret"})
+        for i in range(5):
+            response = await http.request(
+                "POST",
+                f"{server.url}/v1/tasks",
+                params={"n": str(i), "q": "a b"},
+                content=b'{"x":1}',
+                headers={"content-type": "application/json"},
+            )
+            assert response.status_code == 200
+            assert response.json() == {"ok": True}
+            assert response.request.url.path == "/v1/tasks"
+        await http.aclose()
+    assert server.connections == 1
+    first = server.requests[0]
+    assert first.startswith(b"POST /v1/tasks?n=0&q=a+b HTTP/1.1\r\n")
+    assert b"authorization: Bearer s3cret\r\n" in first
+    assert b"content-type: application/json\r\n" in first
+    assert first.endswith(b'\r\n\r\n{"x":1}')
+
+
+async def test_concurrent_requests_use_at_most_the_pool_size() -> None:
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.02)
+        writer.write(ok())
+        return True
+
+    async with serve(slow) as server:
+        http = LeanHttp(max_connections=3)
+        responses = await asyncio.gather(
+            *(http.request("GET", f"{server.url}/v1/state") for _ in range(12))
+        )
+        await http.aclose()
+    assert [r.status_code for r in responses] == [200] * 12
+    assert server.connections == 3
+
+
+async def test_chunked_response_is_decoded() -> None:
+    async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"4\r\n[1,2\r\n2\r\n,3\r\n1\r\n]\r\n0\r\n\r\n"
+        )
+        return True
+
+    async with serve(chunked) as server:
+        http = LeanHttp()
+        response = await http.request("GET", f"{server.url}/x")
+        again = await http.request("GET", f"{server.url}/x")
+        await http.aclose()
+    assert response.json() == [1, 2, 3] and again.json() == [1, 2, 3]
+    assert server.connections == 1
+
+
+async def test_a_connection_closed_while_idle_is_replaced_once() -> None:
+    async def one_per_connection(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok())  # keep-alive promised, then the server closes it anyway
+        return False
+
+    async with serve(one_per_connection) as server:
+        http = LeanHttp()
+        first = await http.request("GET", f"{server.url}/a")
+        await asyncio.sleep(0.05)  # the close reaches the client while idle
+        second = await http.request("GET", f"{server.url}/b")
+        await http.aclose()
+    assert first.status_code == second.status_code == 200
+    assert server.connections == 2
+    assert [r.split(b" ")[1] for r in server.requests] == [b"/a", b"/b"]
+
+
+async def test_a_stale_connection_noticed_only_on_write_is_retried() -> None:
+    served: list[asyncio.StreamWriter] = []
+
+    async def remember(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok())
+        served.append(writer)
+        return True
+
+    async with serve(remember) as server:
+        http = LeanHttp()
+        await http.request("GET", f"{server.url}/a")
+        # the server drops the idle connection; the client has not read the EOF yet
+        served[0].transport.abort()
+        second = await http.request("GET", f"{server.url}/b")
+        await http.aclose()
+    assert second.status_code == 200
+    assert server.connections == 2
+
+
+async def test_connection_close_is_honoured() -> None:
+    async def closing(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok(extra=b"connection: close\r\n"))
+        return False
+
+    async with serve(closing) as server:
+        http = LeanHttp()
+        for _ in range(3):
+            assert (await http.request("GET", f"{server.url}/")).status_code == 200
+        await http.aclose()
+    assert server.connections == 3
+
+
+async def test_refused_connection_is_a_connect_error() -> None:
+    async with serve(always_ok) as server:
+        url = server.url
+    http = LeanHttp()
+    with pytest.raises(httpx.ConnectError) as caught:
+        await http.request("GET", f"{url}/v1/state")
+    assert caught.value.request.url.path == "/v1/state"
+    await http.aclose()
+
+
+async def test_slow_answer_is_a_read_timeout_and_the_connection_is_dropped() -> None:
+    async def stall_first(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if b"/slow" in request.split(b"\r\n")[0]:
+            await asyncio.sleep(5)
+        writer.write(ok())
+        return True
+
+    async with serve(stall_first) as server:
+        http = LeanHttp()
+        with pytest.raises(httpx.ReadTimeout):
+            await http.request("GET", f"{server.url}/slow", timeout=httpx.Timeout(0.1))
+        fast = await http.request("GET", f"{server.url}/fast")
+        await http.aclose()
+    assert fast.status_code == 200
+    assert server.connections == 2  # the late answer can never be read as /fast's
+
+
+async def test_a_response_cut_short_is_a_protocol_error_and_not_resent() -> None:
+    async def cut(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial')
+        return False
+
+    async with serve(cut) as server:
+        http = LeanHttp()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.request("POST", f"{server.url}/v1/tasks", content=b"{}")
+        await http.aclose()
+    assert len(server.requests) == 1
+
+
+async def test_garbage_is_a_protocol_error() -> None:
+    async def garbage(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"SMTP ready\r\n\r\n")
+        return True
+
+    async with serve(garbage) as server:
+        http = LeanHttp()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.request("GET", f"{server.url}/")
+        await http.aclose()
+
+
+async def test_unsupported_url_is_refused() -> None:
+    http = LeanHttp()
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await http.request("GET", "ftp://127.0.0.1/x")
+
+
+async def test_https_with_a_private_ca() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    async with serve(always_ok, server_context) as server:
+        http = LeanHttp(ssl_context=trusted)
+        assert (await http.request("GET", f"{server.url}/")).json() == {"ok": True}
+        assert (await http.request("GET", f"{server.url}/")).status_code == 200
+        await http.aclose()
+        untrusting = LeanHttp(ssl_context=ssl.create_default_context())
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusting.request("GET", f"{server.url}/")
+    assert server.connections == 1
