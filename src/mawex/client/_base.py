@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -47,6 +49,8 @@ T = TypeVar("T")
 LONG_POLL_CAP = 25.0
 #: Tasks per ``POST /v1/tasks/batch`` request unless told otherwise.
 BATCH_SIZE = 1000
+#: Most bytes of tasks one coalesced batch of ``submit`` calls carries (the master takes 64 MiB).
+COALESCE_BYTES = 4 << 20
 #: How long a call keeps trying masters before raising :class:`Unavailable`.
 FAILOVER_TIMEOUT = 30.0
 BACKOFF_BASE = 0.1
@@ -62,6 +66,24 @@ class SubmitReceipt:
     group: str
     #: True if the master already had this ``(group, id)``: nothing new was queued.
     duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One ``submit`` call's task, checked and encoded once, waiting to go alone or in a batch."""
+
+    body: dict[str, Any]
+    content: bytes
+    #: The caller chose the id, so the master may have it already (a generated one it cannot).
+    named: bool
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.body["group"], self.body["id"]
+
+
+#: What :meth:`ClientCore.submit_each` gives each submission: its receipt or its error.
+SubmitOutcome: TypeAlias = "SubmitReceipt | MawexError"
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +402,64 @@ def request_body(
     return body
 
 
+def submission(
+    group: str,
+    payload: Any = None,
+    *,
+    id: str | None = None,
+    max_attempts: int | None = None,
+    timeout_s: float | None = None,
+) -> Submission:
+    """A ``submit`` call's task, ready to send; raises :class:`Rejected` for bad input."""
+    # The id is fixed here, before any retry: a resend is then a harmless duplicate.
+    body = request_body(group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s)
+    return Submission(body, encode_json(body), named=id is not None)
+
+
+#: Where the master names the culprit of a rejected batch: ``tasks[3]: …``, ``$.tasks[3].…``.
+_BATCH_ITEM = re.compile(r"\btasks\[(\d+)\]")
+
+
+def _dedupe(part: Sequence[Submission]) -> tuple[list[int], list[int | None]]:
+    """Positions in ``part`` of each (group, id)'s first submission, and for every
+    submission the index among those firsts of the one it repeats (None for a first)."""
+    firsts: list[int] = []
+    seen: dict[tuple[str, str], int] = {}
+    repeats: list[int | None] = []
+    for position, item in enumerate(part):
+        index = seen.get(item.key)
+        if index is None:
+            seen[item.key] = len(firsts)
+            firsts.append(position)
+        repeats.append(index)
+    return firsts, repeats
+
+
+def duplicate_flags(data: Mapping[str, Any], sent: Sequence[Submission]) -> list[bool]:
+    """Which tasks of an accepted batch the master already had.
+
+    The master answers with counts only; a batch is all or nothing, so none, all, or
+    exactly the ones whose id the caller chose (a generated id is new unless an
+    earlier try of the same batch got through, and then they all are) are told
+    apart. Should only some of the caller-chosen ids be known, which ones is not
+    said: those all count as duplicates, as a task the master holds whoever queued
+    it. An answer that lists ``duplicate_indexes`` is followed exactly.
+    """
+    listed = data.get("duplicate_indexes")
+    if isinstance(listed, list):
+        flags = [False] * len(sent)
+        for index in listed:
+            if isinstance(index, int) and 0 <= index < len(sent):
+                flags[index] = True
+        return flags
+    duplicates = int(data.get("duplicates", 0))
+    if duplicates <= 0:
+        return [False] * len(sent)
+    if duplicates >= len(sent):
+        return [True] * len(sent)
+    return [item.named for item in sent]
+
+
 def _task_path(group: str, id: str) -> str:
     return f"/v1/tasks/{quote(check_name(group), safe='')}/{quote(check_id(id), safe='')}"
 
@@ -448,6 +528,8 @@ class ClientCore:
         self.failover_timeout = failover_timeout
         self.clock = clock
         self.rng = rng or random.Random()
+        #: Most tasks :meth:`submit_each` puts in one batch (lowered when the master says 413).
+        self.coalesce_limit = BATCH_SIZE
 
     def _hold(self, wait: float) -> httpx.Timeout:
         """The timeout of a request the master may hold for ``wait`` seconds."""
@@ -461,10 +543,15 @@ class ClientCore:
         *,
         params: dict[str, str] | None = None,
         body: Any = None,
+        content: bytes | None = None,
         wait: float = 0.0,
     ) -> Call[Any]:
-        """One request with failover; returns the decoded JSON body of the 2xx answer."""
-        content = None if body is None else encode_json(body)
+        """One request with failover; returns the decoded JSON body of the 2xx answer.
+
+        The request body is ``body`` as JSON, or ``content`` already encoded.
+        """
+        if body is not None:
+            content = encode_json(body)
         timeout = self._hold(wait) if wait else None
         now = self.clock()
         attempt = Attempt(
@@ -510,16 +597,87 @@ class ClientCore:
         max_attempts: int | None = None,
         timeout_s: float | None = None,
     ) -> Call[SubmitReceipt]:
-        # The id is fixed here, before any retry: a resend is then a harmless duplicate.
-        request = request_body(
-            group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s
-        )
-        data = _dict((yield from self.call("POST", "/v1/tasks", body=request)), "receipt")
+        item = submission(group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s)
+        return (yield from self.submit_one(item))
+
+    def submit_one(self, item: Submission) -> Call[SubmitReceipt]:
+        """``POST /v1/tasks`` of one prepared submission."""
+        data = _dict((yield from self.call("POST", "/v1/tasks", content=item.content)), "receipt")
         return SubmitReceipt(
-            id=str(data.get("id", request["id"])),
-            group=str(data.get("group", request["group"])),
+            id=str(data.get("id", item.body["id"])),
+            group=str(data.get("group", item.body["group"])),
             duplicate=bool(data.get("duplicate", False)),
         )
+
+    def submit_each(self, items: Sequence[Submission]) -> Call[list[SubmitOutcome]]:
+        """Submit waiting ``submit`` calls' tasks together, in order; one outcome each.
+
+        One task goes alone (``POST /v1/tasks``), more in one ``POST /v1/tasks/batch``
+        (a repeated (group, id) is sent once; the repeats are duplicates). Each outcome
+        is what :meth:`submit` would have returned or raised for that task:
+
+        - the batch is retried, redirected and backed off exactly as a single request;
+          if it still fails (:class:`Unavailable`), so does every task not yet sent;
+        - a batch the master rejects changed nothing (all or nothing), so it is split
+          and sent again: around the task the error names (that one alone, so its
+          caller gets the error a single submit gets), else in halves, down to single
+          requests; a batch too large lowers :attr:`coalesce_limit` for the next ones.
+        """
+        outcomes: list[SubmitOutcome | None] = [None] * len(items)
+        segments: deque[tuple[int, int]] = deque([(0, len(items))])
+        while segments:
+            start, stop = segments.popleft()
+            part = items[start:stop]
+            try:
+                if len(part) == 1:
+                    outcomes[start] = yield from self.submit_one(part[0])
+                else:
+                    outcomes[start:stop] = yield from self._submit_batch(part)
+                continue
+            except (Unauthorized, Unavailable) as exc:
+                # No smaller request does better: this and every later task fail alike.
+                failed: MawexError = exc
+            except Rejected as exc:
+                if len(part) == 1:
+                    outcomes[start] = exc
+                    continue
+                segments.extendleft(reversed(self._split(part, start, exc)))
+                continue
+            except MawexError as exc:
+                failed = exc
+            for index in range(start, len(items)):
+                if outcomes[index] is None:
+                    outcomes[index] = failed
+            break
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _submit_batch(self, part: Sequence[Submission]) -> Call[list[SubmitOutcome]]:
+        firsts, repeats = _dedupe(part)
+        sent = [part[position] for position in firsts]
+        content = b'{"tasks":[' + b",".join(item.content for item in sent) + b"]}"
+        data = yield from self.call("POST", "/v1/tasks/batch", content=content)
+        flags = duplicate_flags(_dict(data, "batch receipt"), sent)
+        first_flags = iter(flags)  # the firsts are in the order of ``part``
+        receipts: list[SubmitOutcome] = []
+        for item, repeat in zip(part, repeats, strict=True):
+            duplicate = True if repeat is not None else next(first_flags)
+            receipts.append(SubmitReceipt(item.body["id"], item.body["group"], duplicate))
+        return receipts
+
+    def _split(
+        self, part: Sequence[Submission], start: int, error: Rejected
+    ) -> list[tuple[int, int]]:
+        """How to resend a rejected batch ``part`` (at ``start``): index ranges, in order."""
+        match = _BATCH_ITEM.search(str(error))
+        firsts, _ = _dedupe(part)
+        if match is not None and int(match[1]) < len(firsts):
+            at = start + firsts[int(match[1])]
+            pieces = [(start, at), (at, at + 1), (at + 1, start + len(part))]
+            return [(a, b) for a, b in pieces if a < b]
+        half = len(part) // 2
+        if isinstance(error, TooLarge):
+            self.coalesce_limit = min(self.coalesce_limit, half)  # The master caps batches lower.
+        return [(start, start + half), (start + half, start + len(part))]
 
     def submit_many(
         self,
@@ -636,4 +794,4 @@ class _Pause:
         return delay
 
 
-__all__ = ["BatchReceipt", "ClientCore", "SubmitReceipt"]
+__all__ = ["BatchReceipt", "ClientCore", "Submission", "SubmitReceipt", "submission"]

@@ -61,6 +61,8 @@ class FakeCluster:
     token: str | None = None
     seq: int = 0
     max_batch: int = 10_000
+    #: Batch answers list which tasks were duplicates (``duplicate_indexes``).
+    per_item: bool = False
     honour_wait: bool = True
     #: Called on every task long poll with the task dict, before answering.
     on_poll: Callable[[dict[str, Any]], None] | None = None
@@ -150,12 +152,13 @@ class FakeCluster:
     def batch(self, tasks: list[dict[str, Any]]) -> httpx.Response:
         if len(tasks) > self.max_batch:
             return error(413, "too_large", f"at most {self.max_batch} tasks per batch")
-        duplicates = sum((t["group"], t["id"]) in self.tasks for t in tasks)
+        known = [i for i, t in enumerate(tasks) if (t["group"], t["id"]) in self.tasks]
         for task in tasks:
             self.tasks.setdefault((task["group"], task["id"]), task | {"status": "pending"})
-        return httpx.Response(
-            202, json={"accepted": len(tasks) - duplicates, "duplicates": duplicates}
-        )
+        body: dict[str, Any] = {"accepted": len(tasks) - len(known), "duplicates": len(known)}
+        if self.per_item:
+            body["duplicate_indexes"] = known
+        return httpx.Response(202, json=body)
 
     def results(self, request: httpx.Request) -> httpx.Response:
         start = int(request.url.params["from"])
