@@ -11,7 +11,10 @@ then measures, after a warm-up:
   concurrent submitters while a follower long-polls ``GET /v1/results``;
   tasks/s = N / (first submit → last terminal event seen by the follower);
 - ``enqueue``: submit-only rates to a group without workers, one ``POST`` per
-  task (many in flight) and in batches.
+  task (many in flight) and in batches. With ``--client mawex`` the single-task
+  rate is that of ``mawex.AsyncClient.submit``, one call per task with
+  ``--in-flight`` calls (default 1000) in flight, which the client coalesces
+  into batch requests; it also reports the requests it took.
 
 Prints one ``name value`` line per figure (``--json FILE`` writes them too) and
 exits non-zero if a task is lost or does not complete. Every process it starts
@@ -19,7 +22,7 @@ is stopped by PID, also on failure. ``--profile DIR`` records the master and
 the first worker with py-spy during the e2e phase (see bench/README.md).
 
 Run: ``.venv/bin/python bench/throughput.py [--tasks N] [--workers 4]
-[--journal sqlite|sqlite-normal|postgresql|memory] [--client httpx|raw] [--json out.json]``
+[--journal sqlite|sqlite-normal|postgresql|memory] [--client httpx|raw|mawex] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 from _common import git_describe
+
+import mawex
 
 GROUP = "bench"
 ENQUEUE_GROUP = "bench-enqueue"
@@ -192,6 +197,21 @@ class RawHttp:
 
 def make_http(kind: str, base: str, connections: int) -> Http:
     return RawHttp(base, connections) if kind == "raw" else HttpxHttp(base, connections)
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """httpx's own transport, counting the requests that go through it."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 # -- processes ----------------------------------------------------------------------
@@ -649,9 +669,64 @@ async def measure_e2e(
         raise Lost(f"{lost} tasks lost and {not_completed} not completed of {count}")
 
 
+async def measure_enqueue_client(
+    cluster: Cluster, http: Http, figures: Figures, args: argparse.Namespace
+) -> None:
+    """``mawex.AsyncClient.submit``, one call per task, ``--in-flight`` calls in flight."""
+    count = args.enqueue_tasks
+    transport = CountingTransport()
+    latencies: list[float] = []
+    next_index = 0
+
+    async def caller(client: mawex.AsyncClient) -> None:
+        nonlocal next_index
+        while next_index < count:
+            i = next_index
+            next_index += 1
+            started = time.perf_counter()
+            receipt = await client.submit(ENQUEUE_GROUP, None, id=f"one-{i}")
+            latencies.append(time.perf_counter() - started)
+            if receipt.duplicate:
+                raise RuntimeError(f"submit: one-{i} came back as a duplicate")
+
+    async with mawex.AsyncClient(cluster.url, transport=transport, timeout=60) as client:
+        await client.submit(ENQUEUE_GROUP, None, id="one-warm")  # connect before timing
+        transport.requests = 0
+        async with Phase("enqueue_single", cluster, http) as phase:
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(client) for _ in range(args.in_flight)))
+            wall = time.perf_counter() - started
+            figures.put("enqueue_single_in_flight", args.in_flight)
+            figures.put("enqueue_single_tasks", count)
+            figures.put("enqueue_single_tasks_per_s", count / wall)
+            figures.put("enqueue_single_requests", transport.requests)
+            figures.put("enqueue_single_tasks_per_request", count / max(1, transport.requests))
+            figures.put("enqueue_single_call_p50_ms", percentile(latencies, 0.5) * 1e3)
+            figures.put("enqueue_single_call_p99_ms", percentile(latencies, 0.99) * 1e3)
+            await phase.report(figures, count, wall)
+
+
 async def measure_enqueue(
     cluster: Cluster, http: Http, figures: Figures, args: argparse.Namespace
 ) -> None:
+    if args.client == "mawex":
+        await measure_enqueue_client(cluster, http, figures, args)
+    else:
+        await measure_enqueue_single(cluster, http, figures, args)
+    bodies = batches("many", ENQUEUE_GROUP, args.tasks, args.batch)
+    async with Phase("enqueue_batch", cluster, http) as phase:
+        started = time.perf_counter()
+        latencies = await submit_batches(http, bodies, args.submitters)
+        wall = time.perf_counter() - started
+        figures.put("enqueue_batch_tasks_per_s", args.tasks / wall)
+        figures.put("enqueue_batch_post_p50_ms", percentile(latencies, 0.5) * 1e3)
+        await phase.report(figures, args.tasks, wall)
+
+
+async def measure_enqueue_single(
+    cluster: Cluster, http: Http, figures: Figures, args: argparse.Namespace
+) -> None:
+    """One ``POST /v1/tasks`` per task, ``--in-flight`` of them in flight."""
     count = args.enqueue_tasks
     latencies: list[float] = []
     next_index = 0
@@ -677,15 +752,6 @@ async def measure_enqueue(
         figures.put("enqueue_single_post_p50_ms", percentile(latencies, 0.5) * 1e3)
         figures.put("enqueue_single_post_p99_ms", percentile(latencies, 0.99) * 1e3)
         await phase.report(figures, count, wall)
-
-    bodies = batches("many", ENQUEUE_GROUP, args.tasks, args.batch)
-    async with Phase("enqueue_batch", cluster, http) as phase:
-        started = time.perf_counter()
-        latencies = await submit_batches(http, bodies, args.submitters)
-        wall = time.perf_counter() - started
-        figures.put("enqueue_batch_tasks_per_s", args.tasks / wall)
-        figures.put("enqueue_batch_post_p50_ms", percentile(latencies, 0.5) * 1e3)
-        await phase.report(figures, args.tasks, wall)
 
 
 # -- profiling ------------------------------------------------------------------------
@@ -754,7 +820,8 @@ async def measure_idle(cluster: Cluster, figures: Figures, seconds: float) -> No
 
 
 async def run(args: argparse.Namespace, cluster: Cluster, figures: Figures) -> None:
-    http = make_http(args.client, cluster.url, max(args.in_flight, args.submitters + 2))
+    connections = args.submitters + 2 if args.client == "mawex" else args.in_flight
+    http = make_http(args.client, cluster.url, max(connections, args.submitters + 2))
     profiler = Profiler(args, cluster, cluster.procs)
     try:
         if "idle" in args.phases:
@@ -784,13 +851,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="pods per worker process (mawex worker --concurrency)",
     )
     parser.add_argument("--journal", choices=JOURNALS, default="sqlite")
-    parser.add_argument("--client", choices=("httpx", "raw"), default="httpx")
+    parser.add_argument(
+        "--client",
+        choices=("httpx", "raw", "mawex"),
+        default="httpx",
+        help="HTTP client of the benchmark; mawex: httpx, and the single-task enqueue rate "
+        "is that of mawex.AsyncClient.submit",
+    )
     parser.add_argument("--batch", type=int, default=500, help="tasks per POST /v1/tasks/batch")
     parser.add_argument("--submitters", type=int, default=4, help="concurrent batch submitters")
     parser.add_argument("--latency-tasks", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--enqueue-tasks", type=int, default=5000, help="single-POST enqueue")
-    parser.add_argument("--in-flight", type=int, default=64, help="single POSTs in flight")
+    parser.add_argument(
+        "--enqueue-tasks", type=int, help="single-task enqueue (5000; 50000 with --client mawex)"
+    )
+    parser.add_argument(
+        "--in-flight", type=int, help="single submits in flight (64; 1000 with --client mawex)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="e2e deadline, seconds")
     parser.add_argument(
         "--phases",
@@ -822,6 +899,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--serve-memory-master", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    pipelined = args.client == "mawex"
+    if args.enqueue_tasks is None:
+        args.enqueue_tasks = 50_000 if pipelined else 5000
+    if args.in_flight is None:
+        args.in_flight = 1000 if pipelined else 64
     return args
 
 
