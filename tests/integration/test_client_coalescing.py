@@ -7,8 +7,10 @@ is what reached the socket.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -194,3 +196,55 @@ async def test_failover_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> 
     finally:
         for local in running:
             await local.stop()
+
+
+class CountingSyncTransport(httpx.BaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def test_threads_sharing_a_sync_client_share_requests(master: LocalMaster) -> None:
+    transport = CountingSyncTransport()
+    threads, each = 40, 25
+
+    def submit_in_threads() -> list[list[mawex.SubmitReceipt | Exception]]:
+        with mawex.Client(master.url, transport=transport) as client:
+            start = threading.Barrier(threads)
+
+            def run(t: int) -> list[mawex.SubmitReceipt | Exception]:
+                start.wait()
+                outcomes: list[mawex.SubmitReceipt | Exception] = []
+                for i in range(each):
+                    try:
+                        attempts = 10_000 if (t, i) == (7, 3) else 1
+                        outcomes.append(
+                            client.submit(GROUP, i, id=f"t{t}-{i}", max_attempts=attempts)
+                        )
+                    except mawex.MawexError as exc:
+                        outcomes.append(exc)
+                return outcomes
+
+            with ThreadPoolExecutor(threads) as pool:
+                return list(pool.map(run, range(threads)))
+
+    outcomes = await asyncio.to_thread(submit_in_threads)
+    flat = [o for per_thread in outcomes for o in per_thread]
+    assert len(flat) == threads * each
+    errors = [o for o in flat if isinstance(o, Exception)]
+    assert len(errors) == 1 and isinstance(errors[0], mawex.Rejected)
+    assert "max_attempts" in str(errors[0])
+    assert isinstance(outcomes[7][3], mawex.Rejected)
+    assert len(transport.paths) < threads * each / 3  # a single client would need 1000
+    accepted = accepted_ids(master)
+    assert len(accepted) == threads * each - 1
+    for t in range(threads):  # each thread's tasks in its call order
+        mine = [id for id in accepted if id.startswith(f"t{t}-")]
+        assert mine == [f"t{t}-{i}" for i in range(each) if (t, i) != (7, 3)]

@@ -416,6 +416,28 @@ def submission(
     return Submission(body, encode_json(body), named=id is not None)
 
 
+W = TypeVar("W")
+
+
+def take_batch(
+    waiting: deque[tuple[Submission, W]], limit: int, skip: Callable[[W], bool]
+) -> list[tuple[Submission, W]]:
+    """Pop the next batch off ``waiting``: in order, at most ``limit`` tasks and about
+    :data:`COALESCE_BYTES` (one task at least), dropping those ``skip`` says are gone."""
+    batch: list[tuple[Submission, W]] = []
+    size = 0
+    while waiting and len(batch) < limit:
+        item, waiter = waiting[0]
+        if skip(waiter):
+            waiting.popleft()
+            continue
+        size += len(item.content) + 1
+        if batch and size > COALESCE_BYTES:
+            break
+        batch.append(waiting.popleft())
+    return batch
+
+
 #: Where the master names the culprit of a rejected batch: ``tasks[3]: …``, ``$.tasks[3].…``.
 _BATCH_ITEM = re.compile(r"\btasks\[(\d+)\]")
 

@@ -14,7 +14,6 @@ import httpx
 
 from mawex.client._base import (
     BATCH_SIZE,
-    COALESCE_BYTES,
     FAILOVER_TIMEOUT,
     BatchReceipt,
     Call,
@@ -28,6 +27,7 @@ from mawex.client._base import (
     SubmitReceipt,
     http_options,
     submission,
+    take_batch,
 )
 from mawex.errors import MawexError
 from mawex.model import ResultEvent, TaskResult
@@ -231,21 +231,8 @@ class AsyncClient:
             self._sender = None
 
     def _take(self) -> list[tuple[Submission, asyncio.Future[SubmitReceipt]]]:
-        """The next batch: waiting submissions in order, within the count and size limits."""
-        batch: list[tuple[Submission, asyncio.Future[SubmitReceipt]]] = []
-        size = 0
-        limit = self._core.coalesce_limit
-        waiting = self._waiting
-        while waiting and len(batch) < limit:
-            item, future = waiting[0]
-            if future.done():  # cancelled while waiting: never sent
-                waiting.popleft()
-                continue
-            size += len(item.content) + 1
-            if batch and size > COALESCE_BYTES:
-                break
-            batch.append(waiting.popleft())
-        return batch
+        # A future done before it is sent: its caller was cancelled, the task is dropped.
+        return take_batch(self._waiting, self._core.coalesce_limit, asyncio.Future.done)
 
     def _fail_waiting(self, error: MawexError) -> None:
         while self._waiting:

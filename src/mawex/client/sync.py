@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,9 +24,13 @@ from mawex.client._base import (
     Outcome,
     Send,
     Sleep,
+    Submission,
     SubmitReceipt,
     http_options,
+    submission,
+    take_batch,
 )
+from mawex.errors import MawexError
 from mawex.model import ResultEvent, TaskResult
 
 T = TypeVar("T")
@@ -39,6 +46,11 @@ class Client:
     :class:`mawex.Unavailable`. ``timeout`` bounds each HTTP request, ``token`` is
     sent as ``Authorization: Bearer``, ``ca`` is a CA bundle for private TLS and
     ``transport`` an httpx transport (tests).
+
+    A client may be shared by threads. Their :meth:`submit` calls are then coalesced:
+    a call made while no other is in flight is sent at once; calls made while one is
+    wait for it and go together in one ``POST /v1/tasks/batch``, sent by the first
+    of them. Each still gets its own receipt or error, accepted in call order.
 
     Example::
 
@@ -63,6 +75,10 @@ class Client:
         self._http = httpx.Client(
             transport=transport, **http_options(token=token, ca=ca, timeout=timeout)
         )
+        #: Submissions of other threads waiting for the one in flight, in call order.
+        self._waiting: deque[tuple[Submission, _Waiter]] = deque()
+        self._lock = threading.Lock()
+        self._sending = False
 
     @property
     def masters(self) -> list[str]:
@@ -104,9 +120,25 @@ class Client:
         an earlier try of this same call got through before a failover). Raises
         :class:`mawex.Rejected` (or a subclass) for bad input.
         """
-        return self._run(
-            self._core.submit(group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s)
-        )
+        item = submission(group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s)
+        waiter = _Waiter()
+        with self._lock:
+            self._waiting.append((item, waiter))
+            waiter.sends = not self._sending
+            self._sending = True
+        if not waiter.sends:
+            try:
+                waiter.event.wait()  # for its outcome, or for its turn to send
+            except BaseException:  # interrupted: give up the task, and the turn if it came
+                with self._lock:
+                    if waiter.outcome is None:
+                        waiter.outcome = MawexError("the submission was interrupted")
+                        if waiter.sends:
+                            self._pass_turn()
+                raise
+        if waiter.sends:
+            self._send_next()
+        return waiter.result()
 
     def submit_many(
         self,
@@ -169,6 +201,39 @@ class Client:
         finally:
             flow.close()
 
+    # -- coalesced submissions --
+
+    def _send_next(self) -> None:
+        """Send the next batch (this thread's task is in it), then hand the turn on."""
+        with self._lock:
+            batch = take_batch(self._waiting, self._core.coalesce_limit, _Waiter.done)
+        outcomes: Sequence[SubmitReceipt | BaseException]
+        try:
+            outcomes = self._run(self._core.submit_each([item for item, _ in batch]))
+        except BaseException as exc:  # A bug or an interrupt: all are told, none hang.
+            outcomes = [exc] * len(batch)
+            raise
+        finally:
+            shared: set[int] = set()
+            for (_, waiter), outcome in zip(batch, outcomes, strict=True):
+                # One error object can stand for several callers: each gets a copy.
+                waiter.outcome = _copy(outcome) if id(outcome) in shared else outcome
+                shared.add(id(outcome))
+                waiter.event.set()
+            with self._lock:
+                self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        """The first waiting thread sends next (call with the lock held)."""
+        while self._waiting and self._waiting[0][1].done():
+            self._waiting.popleft()
+        if self._waiting:
+            _, waiter = self._waiting[0]
+            waiter.sends = True
+            waiter.event.set()
+        else:
+            self._sending = False
+
     # -- the IO loop --
 
     def _run(self, flow: Call[T]) -> T:
@@ -199,6 +264,36 @@ class Client:
             return exc
 
     _sleep = staticmethod(time.sleep)
+
+
+class _Waiter:
+    """One thread's ``submit`` call: its outcome once known, or its turn to send."""
+
+    __slots__ = ("event", "outcome", "sends")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.outcome: SubmitReceipt | BaseException | None = None
+        self.sends = False
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def result(self) -> SubmitReceipt:
+        outcome = self.outcome
+        if isinstance(outcome, SubmitReceipt):
+            return outcome
+        assert outcome is not None
+        raise outcome
+
+
+def _copy(error: T) -> T:
+    if not isinstance(error, BaseException):
+        return error
+    try:
+        return copy.copy(error)
+    except Exception:  # An exception class that cannot be rebuilt from its args.
+        return error
 
 
 __all__ = ["Client"]
