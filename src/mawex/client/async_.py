@@ -135,7 +135,7 @@ class AsyncClient:
         item = submission(group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s)
         future: asyncio.Future[SubmitReceipt] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._sender is None:
+        if self._sender is None or self._sender.done():  # done: its loop died under it
             self._sender = asyncio.create_task(self._send_waiting(), name="mawex-submit")
         return await future
 
