@@ -26,6 +26,8 @@ from websockets.http11 import Request, Response
 from mawex.model import NAME_PATTERN
 from mawex.sandbox.local import LocalSandbox
 from mawex.wire.worker import (
+    BATCH_VERSION,
+    PROTOCOL_VERSION,
     Ack,
     Assign,
     AttemptRef,
@@ -41,6 +43,7 @@ from mawex.wire.worker import (
     WorkerMessage,
     decode_worker_message,
     encode,
+    join_frames,
 )
 from mawex.worker import Worker, build_workers, run_workers, worker_ws_url
 
@@ -181,7 +184,9 @@ async def test_check_in_run_ack_and_check_out(master: FakeMaster) -> None:
     async with running(worker) as task:
         conn = await master.accept()
         hello = await conn.check_in(epoch=7)
-        assert hello == Hello(worker=worker.id, group="g", pod="p1", sandbox="local")
+        assert hello == Hello(
+            worker=worker.id, group="g", pod="p1", sandbox="local", version=PROTOCOL_VERSION
+        )
         assert re.match(NAME_PATTERN, worker.id)
         assert worker.id.startswith("p1-g-")
         await asyncio.wait_for(worker.connected.wait(), 2)
@@ -545,3 +550,25 @@ async def test_an_oversized_result_fails_the_attempt(master: FakeMaster) -> None
         assert isinstance(finished, Finished)
         assert not finished.ok
         assert finished.error == "result of 202 bytes is over the limit of 100 bytes"
+
+
+async def test_an_array_frame_is_handled_message_by_message(master: FakeMaster) -> None:
+    worker = make_worker(master.url)
+    async with running(worker):
+        conn = await master.accept()
+        hello = await conn.check_in()
+        assert hello.version >= BATCH_VERSION  # the worker takes array frames
+        await conn.send(assign("t1", 1))
+        first = await conn.recv()
+        assert isinstance(first, Finished) and first.id == "t1"
+        # the ack of t1 and the assign of t2 in one frame, as a master sends them
+        await conn.ws.send(join_frames([encode(ack("t1")), encode(assign("t2", 2))]).decode())
+        second = await conn.recv()
+        assert isinstance(second, Finished) and second.id == "t2"
+        assert msgspec.json.decode(second.result) == 2
+        await conn.send(ack("t2"))
+        await conn.drop()
+        # both results were acked (t1's inside the array frame): nothing is re-sent
+        conn = await master.accept()
+        assert (await conn.check_in()).running is None
+        await conn.silence(0.3)

@@ -39,8 +39,10 @@ class SessionState(enum.Enum):
 class WorkerSession:
     """Outgoing frames go through a queue drained by one writer task."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, *, batch: bool = False) -> None:
         self.websocket = websocket
+        #: The worker takes several messages in one array frame (protocol version 2).
+        self.batch = batch
         self.state = SessionState.CONNECTING
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._close: tuple[int, str] | None = None
@@ -56,17 +58,36 @@ class WorkerSession:
             self._queue.put_nowait(None)
 
     async def _write(self) -> None:
+        welcomed = False  # the welcome always goes alone: the worker reads it by itself
         try:
             while True:
                 frame = await self._queue.get()
+                if frame is not None and self.batch and welcomed and not self._queue.empty():
+                    frame = self._gather(frame)
                 if frame is None:
                     code, reason = self._close or (1000, "")
                     self.state = SessionState.CLOSED
                     await self.websocket.close(code, reason[:120])
                     return
                 await self.websocket.send_text(frame.decode())
+                welcomed = True
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.state = SessionState.CLOSED
+
+    def _gather(self, first: bytes) -> bytes | None:
+        """``first`` and the frames queued behind it as one array frame; a queued
+        close is put back to follow it."""
+        frames = [first]
+        queue = self._queue
+        while not queue.empty():
+            frame = queue.get_nowait()
+            if frame is None:  # the close goes out after what was queued before it
+                while not queue.empty():
+                    queue.get_nowait()  # ... and nothing queued after it
+                queue.put_nowait(None)
+                break
+            frames.append(frame)
+        return wire.join_frames(frames) if len(frames) > 1 else first
 
     async def finish(self) -> None:
         """Stop the writer, letting a queued close (with its error frame) go out first."""
@@ -149,7 +170,7 @@ async def worker_channel(websocket: WebSocket) -> None:
         return
     except (WebSocketDisconnect, RuntimeError, OSError):
         return
-    session = WorkerSession(websocket)
+    session = WorkerSession(websocket, batch=hello.version >= wire.BATCH_VERSION)
     bucket = TokenBucket(net.worker_rate, net.worker_burst) if net.worker_rate > 0 else None
     loop = asyncio.get_running_loop()
     throttled = 0

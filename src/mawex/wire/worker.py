@@ -19,6 +19,10 @@ Master → worker::
 
 Every attempt is named by ``(group, id, attempt)``; a worker runs at most one
 attempt at a time and its ``finished`` for attempt N is idempotent.
+
+From protocol version 2 (the worker's ``hello.version``) a master → worker frame
+may be a JSON array of messages, handled in order: the ``ack`` of one attempt
+and the ``assign`` of the next go out as one frame.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import msgspec
 
 Raw = msgspec.Raw
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: The first version whose workers take a JSON array of master messages in one frame.
+BATCH_VERSION = 2
 
 #: Longest error text of one attempt: a worker cuts a longer one, and so does the master.
 MAX_ERROR_CHARS = 16 * 1024
@@ -63,7 +69,8 @@ class Hello(_Msg, frozen=True, tag="hello"):
     pod: Name
     sandbox: Annotated[str, msgspec.Meta(max_length=32)] = "local"
     running: AttemptRef | None = None
-    version: Annotated[int, msgspec.Meta(ge=0, le=1 << 31)] = PROTOCOL_VERSION
+    #: The protocol version the worker speaks; a hello without one speaks version 1.
+    version: Annotated[int, msgspec.Meta(ge=0, le=1 << 31)] = 1
 
 
 class Heartbeat(_Msg, frozen=True, tag="heartbeat"):
@@ -142,6 +149,7 @@ MasterMessage = Welcome | Assign | Ack | Cancel | Error
 _encoder = msgspec.json.Encoder()
 worker_decoder = msgspec.json.Decoder(WorkerMessage)
 master_decoder = msgspec.json.Decoder(MasterMessage)
+master_batch_decoder = msgspec.json.Decoder(list[MasterMessage])
 
 
 def encode(message: WorkerMessage | MasterMessage) -> bytes:
@@ -156,6 +164,20 @@ def decode_worker_message(frame: bytes | str) -> WorkerMessage:
 
 
 def decode_master_message(frame: bytes | str) -> MasterMessage:
-    """Decode a master → worker frame."""
+    """Decode a master → worker frame holding one message."""
     message: MasterMessage = master_decoder.decode(frame)
     return message
+
+
+def decode_master_frame(frame: bytes | str) -> list[MasterMessage]:
+    """Decode a master → worker frame: one message, or an array of them (version 2)."""
+    start = frame.lstrip()[:1]
+    if start in ("[", b"["):
+        messages: list[MasterMessage] = master_batch_decoder.decode(frame)
+        return messages
+    return [master_decoder.decode(frame)]
+
+
+def join_frames(frames: list[bytes]) -> bytes:
+    """Several encoded messages as one array frame (for workers of version 2 or later)."""
+    return b"[" + b",".join(frames) + b"]"

@@ -42,6 +42,7 @@ from mawex.model import Task, check_name
 from mawex.sandbox import Outcome, Sandbox, create_sandbox
 from mawex.wire.worker import (
     MAX_ERROR_CHARS,
+    PROTOCOL_VERSION,
     Ack,
     Assign,
     AttemptRef,
@@ -55,6 +56,7 @@ from mawex.wire.worker import (
     MasterMessage,
     Welcome,
     WorkerMessage,
+    decode_master_frame,
     decode_master_message,
     encode,
 )
@@ -438,8 +440,7 @@ class Worker:
         try:
             await self._resend()
             async for frame in ws:
-                message = self._decode(frame)
-                if message is not None and not await self._dispatch(message, url):
+                if not await self._dispatch_frame(frame, url):
                     break
         except ConnectionClosed as exc:
             self._log(logging.INFO, "connection lost", "disconnected", url=url, error=str(exc))
@@ -479,6 +480,7 @@ class Worker:
             pod=self.pod,
             sandbox=self.sandbox.kind,
             running=running,
+            version=PROTOCOL_VERSION,
         )
 
     def _welcomed(self, ws: ClientConnection, welcome: Welcome, url: str) -> None:
@@ -547,6 +549,18 @@ class Worker:
                 return
             except ConnectionClosed:
                 return
+
+    async def _dispatch_frame(self, frame: str | bytes, url: str) -> bool:
+        """Handle every message of one frame, in order; False ends the session."""
+        try:
+            messages = decode_master_frame(frame)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._log(logging.WARNING, "ignoring an invalid frame", "bad_frame", error=str(exc))
+            return True
+        for message in messages:
+            if not await self._dispatch(message, url):
+                return False
+        return True
 
     def _decode(self, frame: str | bytes) -> MasterMessage | None:
         try:

@@ -1,0 +1,60 @@
+"""How a real master frames its messages to a worker: one message per frame for a
+version-1 hello, the ack of one attempt and the assign of the next in one array
+frame for a worker of protocol version 2."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from websockets.sync.client import ClientConnection, connect
+
+from .conftest import ThreadMaster, hello, ws_url
+
+
+def _finish(ws: ClientConnection, message: dict[str, Any]) -> None:
+    ws.send(
+        json.dumps(
+            {"type": "finished", "group": message["group"], "id": message["id"],
+             "attempt": message["attempt"], "ok": True, "result": message["id"]}
+        )
+    )  # fmt: skip
+
+
+def _run_two(master: ThreadMaster, group: str, version: int | None) -> list[Any]:
+    """Check in, take t1, finish it while t2 waits: the frames that follow."""
+    fields = {} if version is None else {"version": version}
+    with connect(ws_url(master.url)) as ws:
+        ws.send(hello(f"{group}-w", group=group, **fields))
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        for id in ("t1", "t2"):
+            response = httpx.post(master.url + "/v1/tasks", json={"id": id, "group": group})
+            assert response.status_code == 202
+        first = json.loads(ws.recv(timeout=10))
+        assert first["type"] == "assign" and first["id"] == "t1"
+        _finish(ws, first)
+        frames = [json.loads(ws.recv(timeout=10))]
+        if isinstance(frames[0], dict):  # single frames: the second message follows
+            frames.append(json.loads(ws.recv(timeout=10)))
+        last = frames[-1][-1] if isinstance(frames[-1], list) else frames[-1]
+        _finish(ws, last)
+        done = httpx.get(f"{master.url}/v1/tasks/{group}/t2", params={"wait": 10}, timeout=20)
+        assert done.json()["status"] == "completed"
+    return frames
+
+
+def _kinds(frame: Any) -> Any:
+    return [m["type"] for m in frame] if isinstance(frame, list) else frame["type"]
+
+
+def test_a_version_2_worker_gets_ack_and_assign_in_one_frame(master: ThreadMaster) -> None:
+    frames = _run_two(master, "v2", version=2)
+    assert [_kinds(f) for f in frames] == [["ack", "assign"]]
+    ack, assign = frames[0]
+    assert (ack["id"], assign["id"]) == ("t1", "t2")
+
+
+def test_a_worker_that_names_no_version_gets_one_message_per_frame(master: ThreadMaster) -> None:
+    frames = _run_two(master, "v1", version=None)
+    assert [_kinds(f) for f in frames] == ["ack", "assign"]
