@@ -28,13 +28,15 @@ MAX_CONNECTIONS = 32
 
 
 class _Origin:
-    """The idle connections to one ``scheme://host:port`` and a cap on their number."""
+    """The idle connections to one ``scheme://host:port`` and a cap on their number,
+    on one event loop."""
 
-    __slots__ = ("idle", "slots")
+    __slots__ = ("idle", "loop", "slots")
 
     def __init__(self, limit: int) -> None:
         self.idle: list[_Connection] = []
         self.slots = asyncio.Semaphore(limit)
+        self.loop = asyncio.get_running_loop()
 
 
 class _Connection(asyncio.Protocol):
@@ -153,12 +155,16 @@ class LeanHttp:
         timeout: httpx.Timeout | None = None,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        #: Sent with every request.
+        self.headers = dict(headers or {})
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
         self._ssl = ssl_context
-        self._timeout = timeout or httpx.Timeout(10.0)
+        #: Used by requests that give no timeout of their own.
+        self.timeout = timeout or httpx.Timeout(10.0)
         self._max = max_connections
         self._origins: dict[tuple[str, str, int], _Origin] = {}
-        self._closed = False
+        #: True once :meth:`aclose` was called.
+        self.is_closed = False
 
     async def request(
         self,
@@ -174,7 +180,7 @@ class LeanHttp:
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         request = httpx.Request(method, url)
-        if self._closed:
+        if self.is_closed:
             raise httpx.ConnectError("the client is closed", request=request)
         parts = urlsplit(url)
         scheme = parts.scheme
@@ -191,10 +197,11 @@ class LeanHttp:
             f"{method} {target} HTTP/1.1\r\nhost: {parts.netloc}\r\n{self._head}{extra}"
             f"content-length: {len(body)}\r\n\r\n"
         ).encode("latin-1") + body
-        limits = timeout or self._timeout
+        limits = timeout or self.timeout
         key = (scheme, host, port)
         origin = self._origins.get(key)
-        if origin is None:
+        if origin is None or origin.loop is not asyncio.get_running_loop():
+            # (a client used from a new event loop cannot reuse the old loop's sockets)
             origin = self._origins[key] = _Origin(self._max)
         try:
             async with asyncio.timeout(limits.pool):
@@ -258,7 +265,7 @@ class LeanHttp:
 
     async def aclose(self) -> None:
         """Close every idle connection; later requests fail."""
-        self._closed = True
+        self.is_closed = True
         for origin in self._origins.values():
             for connection in origin.idle:
                 connection.close()
