@@ -123,14 +123,13 @@ async def test_duplicates_in_one_batch_and_across_batches(master: LocalMaster) -
             client.submit(GROUP, 5),
             client.submit(GROUP, 6, id="new"),
         )
-        # The master counts duplicates but does not say which: when only some of
-        # the ids the callers chose are known, those callers are all told duplicate.
+        # only some of the chosen ids known: the master names which
         mixed = await asyncio.gather(client.submit(GROUP, id="old"), client.submit(GROUP, id="x"))
     assert transport.paths == ["/v1/tasks"] + ["/v1/tasks/batch"] * 3
     assert not alone.duplicate
     assert [r.duplicate for r in one_batch] == [False, True, False]
     assert [r.duplicate for r in across] == [True, False, True]
-    assert [r.duplicate for r in mixed] == [True, True]
+    assert [r.duplicate for r in mixed] == [True, False]
     assert master.engine.state.tasks[GROUP, "new"].payload == b"1"  # the first one won
     assert master.engine.state.tasks[GROUP, "old"].payload == b"0"
     assert ("g", "x") in master.engine.state.tasks

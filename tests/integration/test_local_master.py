@@ -123,3 +123,22 @@ async def test_token_is_required_everywhere_but_healthz() -> None:
         with pytest.raises(mawex.Unauthorized):
             async with mawex.AsyncClient(local.url, token="wrong") as bad:
                 await bad.submit("g", 1, id="t2")
+
+
+async def test_batch_names_its_duplicates_when_asked(master: LocalMaster) -> None:
+    async with httpx.AsyncClient(base_url=master.url) as http:
+        first = await http.post("/v1/tasks/batch", json={"tasks": [{"id": "a", "group": "d"}]})
+        assert first.json() == {"accepted": 1, "duplicates": 0}
+        tasks = [{"id": i, "group": "d"} for i in ("b", "a", "c", "b")]
+        named = await http.post(
+            "/v1/tasks/batch", params={"duplicate_indexes": "1"}, json={"tasks": tasks}
+        )
+        assert named.status_code == 202
+        assert named.json() == {"accepted": 2, "duplicates": 2, "duplicate_indexes": [1, 3]}
+        plain = await http.post("/v1/tasks/batch", json={"tasks": tasks})
+        assert plain.json() == {"accepted": 0, "duplicates": 4}
+        bad = await http.post(
+            "/v1/tasks/batch", params={"duplicate_indexes": "maybe"}, json={"tasks": tasks}
+        )
+        assert bad.status_code == 400
+        assert "duplicate_indexes" in bad.json()["detail"]

@@ -460,12 +460,11 @@ def _dedupe(part: Sequence[Submission]) -> tuple[list[int], list[int | None]]:
 def duplicate_flags(data: Mapping[str, Any], sent: Sequence[Submission]) -> list[bool]:
     """Which tasks of an accepted batch the master already had.
 
-    The master answers with counts only; a batch is all or nothing, so none, all, or
-    exactly the ones whose id the caller chose (a generated id is new unless an
-    earlier try of the same batch got through, and then they all are) are told
-    apart. Should only some of the caller-chosen ids be known, which ones is not
-    said: those all count as duplicates, as a task the master holds whoever queued
-    it. An answer that lists ``duplicate_indexes`` is followed exactly.
+    A master lists them (``duplicate_indexes``, asked for by the client). From a
+    master that answers with counts only, none, all, or exactly the ones whose id
+    the caller chose (a generated id is new unless an earlier try of the same batch
+    got through, and then they all are) are told apart; should only some of the
+    caller-chosen ids be known, those all count as duplicates.
     """
     listed = data.get("duplicate_indexes")
     if isinstance(listed, list):
@@ -677,7 +676,9 @@ class ClientCore:
         firsts, repeats = _dedupe(part)
         sent = [part[position] for position in firsts]
         content = b'{"tasks":[' + b",".join(item.content for item in sent) + b"]}"
-        data = yield from self.call("POST", "/v1/tasks/batch", content=content)
+        data = yield from self.call(
+            "POST", "/v1/tasks/batch", params={"duplicate_indexes": "1"}, content=content
+        )
         flags = duplicate_flags(_dict(data, "batch receipt"), sent)
         first_flags = iter(flags)  # the firsts are in the order of ``part``
         receipts: list[SubmitOutcome] = []

@@ -69,13 +69,17 @@ def submit(state: MasterState, task: NewTask, now: float, limits: Limits) -> boo
 
 def submit_batch(
     state: MasterState, tasks: list[NewTask], now: float, limits: Limits
-) -> tuple[int, int]:
-    """Accept many tasks all-or-nothing on queue limits; returns (accepted, duplicates)."""
+) -> tuple[int, list[int]]:
+    """Accept many tasks all-or-nothing on queue limits; returns the number accepted and
+    the positions in ``tasks`` of the duplicates (known already, or repeated in ``tasks``)."""
     fresh: dict[tuple[str, str], NewTask] = {}
-    for task in tasks:
+    duplicates: list[int] = []
+    for index, task in enumerate(tasks):
         key = (task.group, task.id)
         if key not in state.tasks and key not in fresh:
             fresh[key] = task
+        else:
+            duplicates.append(index)
     adding: dict[str, int] = {}
     for group, _ in fresh:
         adding[group] = adding.get(group, 0) + 1
@@ -86,7 +90,7 @@ def submit_batch(
             )
     for task in fresh.values():
         submit(state, task, now, limits)
-    return len(fresh), len(tasks) - len(fresh)
+    return len(fresh), duplicates
 
 
 def cancel(state: MasterState, group: str, id: str, now: float) -> TaskRecord:

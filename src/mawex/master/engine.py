@@ -313,7 +313,8 @@ class Engine:
         limits = self.settings.limits
         return await self.call(lambda s, now: decide.submit(s, task, now, limits))
 
-    async def submit_batch(self, tasks: list[decide.NewTask]) -> tuple[int, int]:
+    async def submit_batch(self, tasks: list[decide.NewTask]) -> tuple[int, list[int]]:
+        """Accept ``tasks``; the number accepted and the positions of the duplicates."""
         limits = self.settings.limits
         return await self.call(lambda s, now: decide.submit_batch(s, tasks, now, limits))
 

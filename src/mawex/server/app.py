@@ -108,7 +108,7 @@ async def _websocket_only(request: Request) -> Response:
 #: fields in bodies are.
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/tasks": frozenset(),
-    "/v1/tasks/batch": frozenset(),
+    "/v1/tasks/batch": frozenset({"duplicate_indexes"}),
     "/v1/state": frozenset(),
     "/v1/results": frozenset({"from", "limit", "wait"}),
     "/v1/results/stream": frozenset({"from"}),

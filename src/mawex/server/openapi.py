@@ -155,6 +155,12 @@ def _components() -> dict[str, Any]:
             "properties": {
                 "accepted": {"type": "integer"},
                 "duplicates": {"type": "integer"},
+                "duplicate_indexes": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 0},
+                    "description": "With `?duplicate_indexes=1`: the positions in `tasks` of "
+                    "the tasks already known or repeated in the batch",
+                },
             },
         },
         "Task": {
@@ -291,6 +297,13 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "Submit many tasks",
                 "description": "All or nothing: one invalid task rejects the whole batch.",
+                "parameters": [
+                    _query(
+                        "duplicate_indexes",
+                        "Also list the positions in `tasks` of the duplicates",
+                        {"type": "string", "enum": ["1", "true", "0", "false"]},
+                    ),
+                ],
                 "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("BatchIn")}}},
                 "responses": {
                     "202": _json(_ref("BatchAccepted"), "Accepted"),

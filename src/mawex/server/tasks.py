@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -38,7 +40,10 @@ async def submit_batch(request: Request) -> Response:
     engine._require_leader()
     tasks = api.parse_batch(await request.body(), _limits(request))
     accepted, duplicates = await engine.submit_batch(tasks)
-    return json_response({"accepted": accepted, "duplicates": duplicates}, 202)
+    body: dict[str, Any] = {"accepted": accepted, "duplicates": len(duplicates)}
+    if api.parse_flag(request.query_params.get("duplicate_indexes"), "duplicate_indexes"):
+        body["duplicate_indexes"] = duplicates
+    return json_response(body, 202)
 
 
 def _key(request: Request) -> tuple[str, str]:

@@ -143,6 +143,18 @@ def parse_int(value: str | None, name: str, default: int, low: int, high: int) -
     return number
 
 
+def parse_flag(value: str | None, name: str) -> bool:
+    """A yes/no query parameter: ``1``/``true`` or ``0``/``false`` (absent: no)."""
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("1", "true"):
+        return True
+    if lowered in ("0", "false", ""):
+        return False
+    raise Rejected(f"query parameter {name!r} must be 1, true, 0 or false, not {value[:40]!r}")
+
+
 def parse_seconds(value: str | None, name: str, high: float) -> float:
     """A query parameter as seconds within [0, high]."""
     if value is None or value == "":
