@@ -322,3 +322,45 @@ async def test_redis_large_trim_runs_in_chunks(
         assert left == [30, 33, 36, 39, 42, 45, 48, *range(51, 61)]
     finally:
         await journal.close()
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+async def test_sqlite_appends_run_on_the_loop_only_without_fsync_and_an_idle_thread(
+    tmp_path: Path, sync: str
+) -> None:
+    from mawex.journal.sqlite import SQLiteJournal
+
+    journal = SQLiteJournal(tmp_path / "j.db", synchronous=sync)  # type: ignore[arg-type]
+    await journal.open()
+    threads: list[int] = []
+    call = journal._call
+
+    def recording(fn):  # type: ignore[no-untyped-def]
+        threads.append(threading.get_ident())
+        return call(fn)
+
+    journal._call = recording  # type: ignore[method-assign]
+    try:
+        lease = await journal.acquire("a", 10, None)
+        assert lease is not None
+        threads.clear()
+        await journal.append([Record(1, None, 0.0, b"one")], lease.epoch)
+        on_loop = threads[-1] == threading.get_ident()
+        assert on_loop is (sync == "normal")
+
+        # with the thread busy, an append waits its turn there, never beside it
+        gate = threading.Event()
+        slow = asyncio.ensure_future(journal._run(lambda conn: gate.wait(5)))
+        await asyncio.sleep(0.01)
+        append = asyncio.ensure_future(journal.append([Record(2, 0, 0.0, b"two")], lease.epoch))
+        await asyncio.sleep(0.01)
+        assert not append.done()
+        gate.set()
+        await asyncio.gather(slow, append)
+        assert threads[-1] != threading.get_ident()
+        assert [r.body for r in await journal.read(1, 10)] == [b"one", b"two"]
+        # the thread is idle again: a normal append is back on the loop
+        await journal.append([Record(3, None, 0.0, b"three")], lease.epoch)
+        assert (threads[-1] == threading.get_ident()) is (sync == "normal")
+    finally:
+        await journal.close()

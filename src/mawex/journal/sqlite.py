@@ -1,11 +1,13 @@
 """The SQLite journal: one file, shared by the master processes of one machine.
 
-Every blocking call runs on one dedicated thread per journal, never on the event
-loop. The file is in WAL mode; each write is one ``BEGIN IMMEDIATE``
-transaction, which takes SQLite's single write lock across processes, so the
-fence check (the namespace's epoch read inside the transaction) and the write
-are atomic for every process that shares the file. A batch of records is one
-transaction (group commit).
+Blocking calls run on one dedicated thread per journal. The exception is an
+append with ``synchronous=normal`` while that thread is idle: it writes to the
+WAL without an fsync, which takes tens of microseconds, less than handing it to
+the thread and back, so it runs on the event loop. The file is in WAL mode;
+each write is one ``BEGIN IMMEDIATE`` transaction, which takes SQLite's single
+write lock across processes, so the fence check (the namespace's epoch read
+inside the transaction) and the write are atomic for every process that shares
+the file. A batch of records is one transaction (group commit).
 
 Durability follows ``synchronous`` (see :mod:`mawex.journal`): ``full`` fsyncs
 each commit, ``normal`` survives a process crash but not a power loss. Lease
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +74,10 @@ class SQLiteJournal:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        #: Calls handed to the journal thread and not yet over there (the connection
+        #: may be used on the loop only when this is 0).
+        self._in_thread = 0
+        self._in_thread_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: JournalURL, *, namespace: str = "default") -> SQLiteJournal:
@@ -95,7 +102,28 @@ class SQLiteJournal:
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn(connection)`` on the journal thread, wrapping driver errors."""
         executor = self._require_open()
-        return await asyncio.get_running_loop().run_in_executor(executor, self._call, fn)
+        with self._in_thread_lock:
+            self._in_thread += 1
+        try:
+            work = executor.submit(self._call, fn)
+        except BaseException:
+            self._thread_done()
+            raise
+        # counted down on the journal thread itself, also when the caller is cancelled
+        work.add_done_callback(self._thread_done)
+        return await asyncio.wrap_future(work)
+
+    def _thread_done(self, _: object = None) -> None:
+        with self._in_thread_lock:
+            self._in_thread -= 1
+
+    async def _run_write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Like :meth:`_run`, but on the event loop when no fsync follows and the
+        journal thread is idle (see the module docstring)."""
+        if self.synchronous == "normal" and self._in_thread == 0:
+            self._require_open()
+            return self._call(fn)
+        return await self._run(fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         conn = self._conn
@@ -148,6 +176,8 @@ class SQLiteJournal:
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 cached_statements=64,
+                # never used by two threads at once: see _run_write
+                check_same_thread=False,
             )
         except sqlite3.Error as e:
             raise JournalError(f"cannot open the SQLite journal {self.path!r}: {e}") from e
@@ -212,7 +242,7 @@ class SQLiteJournal:
                 raise JournalError(f"offset {rows[0][1]} is not the next offset {last + 1}")
             conn.executemany(_Q["insert_record"], rows)
 
-        await self._run(lambda conn: self._transaction(conn, write))
+        await self._run_write(lambda conn: self._transaction(conn, write))
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
         if limit <= 0:
