@@ -66,12 +66,13 @@ from typing import Any
 import httpx
 import msgspec
 from _common import git_describe
-from failover import DEFAULT_PG, Figures, Store, cold_rebuild, size_label, snapshot_and_trim
+from failover import DEFAULT_PG, Figures, Store, cold_rebuild, size_label
 
 from mawex.cluster import LocalCluster, Proc
 from mawex.core import events as ev
 from mawex.journal import open_journal
-from mawex.journal.base import Record
+from mawex.journal.base import Record, Snapshot
+from mawex.master.engine import Engine
 
 EXECUTOR = "mawex.examples.demo:echo"
 PHASES = ("pending", "dispatch", "takeover", "fanout")
@@ -551,6 +552,26 @@ class Bench:
             await journal.close()
         return time.perf_counter() - started
 
+    @staticmethod
+    async def save_snapshot(engine: Engine) -> tuple[int, float, float, float, int]:
+        """A leader's ``save_snapshot`` timed by step: (bytes, build, store, trim, trimmed)."""
+        journal = engine.journal
+        lease = await journal.acquire("bench-snapshot", 600, None)
+        assert lease is not None, "the journal's lease is taken"
+        state = engine.state
+        try:
+            started = time.perf_counter()
+            body = state.snapshot()
+            built = time.perf_counter()
+            await journal.save_snapshot(Snapshot(state.offset, body), lease.epoch)
+            stored = time.perf_counter()
+            keep_topic = max(1, state.topic_next - 1_000_000)
+            trimmed = await journal.trim(state.offset, keep_topic, lease.epoch)
+            done = time.perf_counter()
+        finally:
+            await journal.release(lease)
+        return len(body), built - started, stored - built, done - stored, trimmed
+
     def phase_takeover(self, live: LocalCluster | None, live_master: Proc | None) -> None:
         a = self.args
         n = a.tasks
@@ -593,24 +614,25 @@ class Bench:
 
         # the snapshot, as a leader saves it (build, store, trim), timed in-process
         _, engine = asyncio.run(cold_rebuild(store.url))
-        built = time.perf_counter()
-        body = engine.state.snapshot()
-        build_s = time.perf_counter() - built
-        offset, trimmed, save_s = asyncio.run(snapshot_and_trim(engine, 1_000_000))
+        size, build_s, store_s, trim_s, trimmed = asyncio.run(self.save_snapshot(engine))
         asyncio.run(engine.journal.close())
         del engine
-        self.put("takeover_snapshot_mib", mib(len(body)), f"{len(body) / n:.0f} bytes per task")
+        self.put("takeover_snapshot_mib", mib(size), f"{size / n:.0f} bytes per task")
         self.put(
             "takeover_snapshot_build_s",
             round(build_s, 3),
-            "MasterState.snapshot(): the time the engine loop stalls to take one",
+            "MasterState.snapshot(): the engine loop is blocked this long",
         )
         self.put(
-            "takeover_snapshot_write_s",
-            round(save_s, 2),
-            f"build + store + trim {trimmed} records below offset {offset}",
+            "takeover_snapshot_store_s",
+            round(store_s, 2),
+            "journal.save_snapshot (one row, fsync'd); the engine's turn waits for it",
         )
-        del body
+        self.put(
+            "takeover_snapshot_trim_s",
+            round(trim_s, 2),
+            f"journal.trim of {trimmed} records below the snapshot; the engine's turn waits too",
+        )
         started = time.perf_counter()
         _, engine = asyncio.run(cold_rebuild(store.url))
         asyncio.run(engine.journal.close())
@@ -665,13 +687,18 @@ class Bench:
         a = self.args
         store = self.store("fanout")
         cluster = self.cluster("fanout", store)
-        ladder = [int(s) for s in a.subscribers.split(",")]
+        fd_limit = raise_nofile()
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        most = (hard if hard != resource.RLIM_INFINITY else fd_limit) - 1024
+        ladder = [most if s == "max" else int(s) for s in a.subscribers.split(",")]
         master, _ = self.start_leader(
             cluster, "master-a", *self.master_args(max_connections=max(ladder) + 1024)
         )
         url = master.url or ""
         self.put(
-            "fanout_fd_limit", raise_nofile(), "soft RLIMIT_NOFILE of this process and its children"
+            "fanout_fd_limit",
+            fd_limit,
+            f"RLIMIT_NOFILE here, in the children and the master; 'max' subscribers: {most}",
         )
         serial = 0
         broke: dict[str, str] = {}
@@ -729,9 +756,17 @@ class Bench:
                 }
                 for i in range(m)
             ]
+            cpu_before = cpu_seconds(master.pid)
+            burst = time.monotonic()
             response = httpx.post(f"{url}/v1/tasks/batch", json={"tasks": tasks}, timeout=60)
             response.raise_for_status()
             results = [self._read_json(c, a.fanout_timeout + 30) for c in children]
+            cpu = cpu_seconds(master.pid) - cpu_before
+            self.put(
+                f"{name}_master_cpu_utilisation",
+                round(cpu / max(1e-3, time.monotonic() - burst), 2),
+                "of one core, burst submitted -> every subscriber done",
+            )
         finally:
             for child in children:
                 self.stop_child(child)
@@ -957,9 +992,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pods", type=int, default=0, help="pods the workers are in (0: one each)")
     p.add_argument("--worker-procs", type=int, default=4, help="processes the workers run in")
     p.add_argument("--drain-tasks", type=int, default=20_000, help="completions to time")
-    p.add_argument("--subscribers", default="100,1000,10000", help="the fan-out ladder")
+    p.add_argument(
+        "--subscribers",
+        default="100,1000,10000,max",
+        help="the fan-out ladder; max: the open-file hard limit - 1024 (the master's connections)",
+    )
     p.add_argument("--subscriber-procs", type=int, default=2)
-    p.add_argument("--fanout-modes", default="ws,poll", help="ws (stream), poll (long poll)")
+    p.add_argument("--fanout-modes", default="poll,ws", help="poll (long poll), ws (stream)")
     p.add_argument("--fanout-events", type=int, default=100, help="events per burst")
     p.add_argument("--fanout-timeout", type=float, default=180.0)
     p.add_argument("--lease-ttl", type=float, default=2.0)
