@@ -1,0 +1,45 @@
+"""The systems of the comparison, imported only when selected (the peers need bench/compare/.venv).
+
+Each module defines its system's tasks (imported by the peer's own worker processes)
+and the :class:`~systems.base.System` that drives it from the harness.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from systems.base import System
+
+#: ``--systems`` name → ``module:class`` (a mawex variant differs only in its journal).
+SYSTEMS: dict[str, str] = {
+    "mawex": "systems.mawex_system:Mawex",
+    "mawex-normal": "systems.mawex_system:MawexNormal",
+    "mawex-pg": "systems.mawex_system:MawexPostgres",
+    "huey": "systems.huey_peer:Huey",
+    "dramatiq": "systems.dramatiq_peer:Dramatiq",
+    "celery": "systems.celery_peer:Celery",
+    "celery-prefork": "systems.celery_peer:CeleryPrefork",
+    "rq": "systems.rq_peer:Rq",
+    "rq-fork": "systems.rq_peer:RqFork",
+    "arq": "systems.arq_peer:Arq",
+}
+DEFAULT = (
+    "mawex",
+    "mawex-normal",
+    "huey",
+    "dramatiq",
+    "celery",
+    "celery-prefork",
+    "rq",
+    "rq-fork",
+    "arq",
+)
+
+
+def load(name: str) -> type[System]:
+    """The class of system ``name`` (imports its peer library only now)."""
+    module, _, attr = SYSTEMS[name].partition(":")
+    cls: type[System] = getattr(importlib.import_module(module), attr)
+    return cls

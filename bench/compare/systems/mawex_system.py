@@ -1,0 +1,195 @@
+"""mawex: one ``mawex master`` process and 2 ``mawex worker`` processes, the public AsyncClient.
+
+The master journals on SQLite in a temporary directory (``synchronous=full``, every
+acknowledgement fsync'd, mawex's default), or ``synchronous=normal``, or a fresh
+PostgreSQL database. Workers run the no-op executor ``mawex.examples.demo:echo`` in
+the local sandbox, each process with ``--concurrency`` pods when the CLI has it.
+The client is ``mawex.AsyncClient``: single ``submit()`` calls with many in
+flight, results read from the result topic (``client.results()``), round trips
+as ``submit()`` then ``result()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+from _common import JournalSetup, Processes, free_port, wait_until
+
+import mawex
+from systems.base import READY_TIMEOUT, RESULT_TIMEOUT, AsyncSystem, Settings
+
+GROUP = "bench"
+ENQUEUE_GROUP = "bench-enqueue"
+EXECUTOR = "mawex.examples.demo:echo"
+TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
+
+
+@functools.cache
+def worker_has_concurrency() -> bool:
+    """Whether ``mawex worker`` takes ``--concurrency`` (pods per process)."""
+    argv = [sys.executable, "-m", "mawex", "worker", "--help"]
+    found = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return "--concurrency" in found.stdout
+
+
+class Mawex(AsyncSystem):
+    name = "mawex"
+    #: The journal of this variant; ``None``: ``--mawex-journal``.
+    journal_mode: str | None = None
+
+    def __init__(self, settings: Settings, procs: Processes) -> None:
+        super().__init__(settings, procs)
+        opts = settings.options
+        self.mode = self.journal_mode or str(opts.get("mawex_journal", "sqlite"))
+        self.in_flight = int(opts.get("mawex_in_flight", 256))
+        wanted = int(opts.get("mawex_concurrency", 8))
+        self.concurrency = wanted if wanted > 1 and worker_has_concurrency() else 1
+        self.journal = JournalSetup(self.mode, settings.workdir, str(opts.get("pg_url", "")))
+        self.url = ""
+        self.client: mawex.AsyncClient | None = None
+
+    def config(self) -> dict[str, Any]:
+        n, c = self.settings.processes, self.concurrency
+        journal = {
+            "sqlite": "SQLite synchronous=full",
+            "sqlite-normal": "SQLite synchronous=normal",
+            "postgresql": "PostgreSQL",
+        }.get(self.mode, self.mode)
+        return {
+            "summary": f"1 master ({journal}), {n} workers x {c} pods",
+            "worker": f"{n} x mawex worker {EXECUTOR} --concurrency {c} (local sandbox)",
+            "result": f"AsyncClient: {self.in_flight} submit() in flight, results() follow",
+            "journal": self.mode,
+            "concurrency": c,
+            "in_flight": self.in_flight,
+        }
+
+    def start(self) -> None:
+        self.journal.create()
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "mawex", "master", "--journal", self.journal.url]
+        argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json"]
+        argv += ["--log-level", self.settings.log_level]
+        master = self.procs.spawn(f"master-{self.name}", argv, group=True)
+
+        def leading() -> bool:
+            if not master.alive():
+                raise RuntimeError(f"the master exited:\n{master.tail()}")
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(leading, READY_TIMEOUT, "mawex master leading")
+        self.client = mawex.AsyncClient(self.url, timeout=RESULT_TIMEOUT)
+
+    def start_workers(self) -> list[int]:
+        argv = [sys.executable, "-m", "mawex", "worker", EXECUTOR, "--master", self.url]
+        argv += ["--group", GROUP, "--pod", "w{i}", "--sandbox", "local"]
+        argv += ["--log-format", "json", "--log-level", self.settings.log_level]
+        if self.concurrency > 1:
+            argv += ["--concurrency", str(self.concurrency)]
+        self.spawn_workers(argv, self.settings.processes)
+        expected = self.settings.processes * self.concurrency
+
+        def connected() -> bool:
+            self.check_alive()
+            state = httpx.get(f"{self.url}/v1/state", timeout=5).json()
+            return sum(w["status"] != "disconnected" for w in state["workers"]) >= expected
+
+        wait_until(connected, READY_TIMEOUT, f"{expected} mawex workers connected")
+        return [p.pid for p in self.procs.procs if "worker" in p.name]
+
+    def stop(self) -> None:
+        self.journal.drop()
+
+    # -- workloads ------------------------------------------------------------------
+
+    @property
+    def _client(self) -> mawex.AsyncClient:
+        assert self.client is not None, "start() first"
+        return self.client
+
+    async def _submit_all(self, group: str, ids: list[str]) -> None:
+        """``submit()`` every id, ``in_flight`` at a time, in order."""
+        client, pending = self._client, iter(ids)
+
+        async def submitter() -> None:
+            for task_id in pending:
+                await client.submit(group, None, id=task_id)
+
+        await asyncio.gather(*(submitter() for _ in range(min(self.in_flight, len(ids)))))
+
+    def enqueue_only(self, count: int, tag: str) -> float:
+        ids = [f"{tag}-{i}" for i in range(count)]
+
+        async def go() -> float:
+            started = time.perf_counter()
+            await self._submit_all(ENQUEUE_GROUP, ids)
+            return time.perf_counter() - started
+
+        seconds: float = self.run(go())
+        return seconds
+
+    def throughput(self, count: int, tag: str) -> float:
+        ids = [f"{tag}-{i}" for i in range(count)]
+
+        async def follow(start: int) -> float:
+            left = set(ids)
+            events = self._client.results(from_offset=start, follow=True)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if event.type in TERMINAL and event.group == GROUP and event.id in left:
+                        if event.type != "completed":
+                            raise RuntimeError(f"task {event.id}: {event.type} {event.error}")
+                        left.discard(event.id)
+                        if not left:
+                            break
+            return time.perf_counter()
+
+        async def go() -> float:
+            start = int((await self._client.state())["topic_next"])
+            started = time.perf_counter()
+            follower = asyncio.create_task(follow(start))
+            await self._submit_all(GROUP, ids)
+            done = await asyncio.wait_for(follower, RESULT_TIMEOUT + count / 100)
+            return done - started
+
+        seconds: float = self.run(go())
+        return seconds
+
+    def round_trips(self, count: int, tag: str) -> list[float]:
+        async def go() -> list[float]:
+            client, clock, samples = self._client, time.perf_counter, []
+            for i in range(count):
+                started = clock()
+                await client.submit(GROUP, None, id=f"{tag}-{i}")
+                await client.result(GROUP, f"{tag}-{i}", timeout=RESULT_TIMEOUT)
+                samples.append(clock() - started)
+            return samples
+
+        samples: list[float] = self.run(go())
+        return samples
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.run(self.client.aclose())
+        super().close()
+
+
+class MawexNormal(Mawex):
+    name = "mawex-normal"
+    journal_mode = "sqlite-normal"
+
+
+class MawexPostgres(Mawex):
+    name = "mawex-pg"
+    journal_mode = "postgresql"
