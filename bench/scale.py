@@ -691,10 +691,6 @@ class Bench:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         most = (hard if hard != resource.RLIM_INFINITY else fd_limit) - 1024
         ladder = [most if s == "max" else int(s) for s in a.subscribers.split(",")]
-        master, _ = self.start_leader(
-            cluster, "master-a", *self.master_args(max_connections=max(ladder) + 1024)
-        )
-        url = master.url or ""
         self.put(
             "fanout_fd_limit",
             fd_limit,
@@ -707,7 +703,15 @@ class Bench:
                 if mode in broke:
                     break
                 serial += 1
-                outcome = self.fanout_round(url, master, mode, n, serial)
+                # a master per round: streams of the last round's subscribers may linger
+                extra = self.master_args(max_connections=n + 1024)
+                master, _ = self.start_leader(cluster, "master-a", *extra)
+                try:
+                    outcome = self.fanout_round(master.url or "", master, mode, n, serial)
+                except Exception as exc:
+                    outcome = f"{type(exc).__name__}: {exc}"[:300]
+                finally:
+                    cluster.kill("master-a", signal.SIGTERM)
                 if outcome:
                     broke[mode] = f"{n}: {outcome}"
         for mode in a.fanout_modes.split(","):
@@ -770,6 +774,12 @@ class Bench:
         finally:
             for child in children:
                 self.stop_child(child)
+        time.sleep(1.0)
+        self.put(
+            f"{name}_streams_left",
+            int(metric(url, "mawex_topic_waiters") or 0),
+            "topic waiters on the master 1s after every subscriber process exited",
+        )
         events = httpx.get(
             f"{url}/v1/results", params={"from": start, "limit": m}, timeout=30
         ).json()["events"]
