@@ -89,11 +89,18 @@ class RedisDb:
         self.client.set(MARKER, "database used by bench/compare/run.py, flushed between runs")
 
     def server(self) -> dict[str, Any]:
+        """Version and persistence settings of the server (RDB ``save`` when CONFIG is allowed)."""
+        import redis
+
         info = self.client.info()
+        try:
+            save = self.client.config_get("save").get("save")
+        except redis.ResponseError:
+            save = None
         return {
             "version": info.get("redis_version"),
             "aof_enabled": info.get("aof_enabled"),
-            "rdb_bgsave_in_progress": info.get("rdb_bgsave_in_progress"),
+            "rdb_save": save,
             "db": self.client.connection_pool.connection_kwargs.get("db"),
         }
 
@@ -272,7 +279,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"trips, {args['warmup']} warm-up tasks, {args['reps']} repetition(s) interleaved: "
         "median [min-max]. Redis "
         f"{env['redis']['version']} db {env['redis']['db']} (AOF "
-        f"{'on' if env['redis']['aof_enabled'] else 'off'}), {env['cpus']} CPUs, load "
+        f"{'on' if env['redis']['aof_enabled'] else 'off'}, RDB save "
+        f"{env['redis']['rdb_save'] or 'off'!r}), {env['cpus']} CPUs, load "
         f"{env['load_avg_1m_before']:.2f} before, git {env['git']}.",
         "",
         "| system | configuration | e2e tasks/s | enqueue/s | round trip p50 ms "
