@@ -174,6 +174,16 @@ class Http:
     async def request(
         self, method: str, path: str, body: bytes | None = None, timeout: float = 120.0
     ) -> tuple[int, bytes]:
+        try:
+            await self.send(method, path, body)
+            return await self.response(timeout)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.close()
+            await self.send(method, path, body)
+            return await self.response(timeout)
+
+    async def send(self, method: str, path: str, body: bytes | None = None) -> None:
+        """Write a request (connecting first if needed); :meth:`response` reads its answer."""
         head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
             method.encode(),
             path.encode(),
@@ -181,19 +191,14 @@ class Http:
         )
         if body is not None:
             head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-        data = head + b"\r\n" + (body or b"")
-        try:
-            return await self._exchange(data, timeout)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            self.close()
-            return await self._exchange(data, timeout)
-
-    async def _exchange(self, data: bytes, timeout: float) -> tuple[int, bytes]:
         await self.connect()
         assert self._streams is not None
-        reader, writer = self._streams
+        self._streams[1].write(head + b"\r\n" + (body or b""))
+
+    async def response(self, timeout: float) -> tuple[int, bytes]:
+        assert self._streams is not None, "send() first"
+        reader = self._streams[0]
         try:
-            writer.write(data)
             async with asyncio.timeout(timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
                 lower = head.lower()
@@ -882,6 +887,10 @@ class Subscribers:
         self.outcomes = 0  # subscribers connected or failed
         self.connected = 0
         self.ready = asyncio.Event()
+        # Handshakes in flight at once: thousands opened together would leave some
+        # connections waiting longer than the master's --header-timeout for their
+        # request while this process works through the others.
+        self.gate = asyncio.Semaphore(args.handshakes)
 
     @staticmethod
     def report(body: dict[str, Any]) -> None:
@@ -897,47 +906,53 @@ class Subscribers:
             self.ready.set()
 
     async def ws_one(self) -> None:
-        from websockets.asyncio.client import connect
+        from websockets.asyncio.client import ClientConnection, connect
 
         a = self.args
         uri = a.master.replace("http://", "ws://") + f"/v1/results/stream?from={a.start}"
-        connected = False
+        ws: ClientConnection | None = None
         try:
-            async with connect(uri, compression=None, open_timeout=a.timeout, max_queue=None) as ws:
-                connected = True
-                self._outcome(True)
-                seen = 0
-                async for _ in ws:
-                    seen += 1
-                    if seen >= a.events:
-                        self.finished.append(time.time())
-                        return
+            async with self.gate:
+                ws = await connect(uri, compression=None, open_timeout=a.timeout, max_queue=None)
+            self._outcome(True)
+            seen = 0
+            async for _ in ws:
+                seen += 1
+                if seen >= a.events:
+                    self.finished.append(time.time())
+                    return
         except Exception as exc:  # report it, let the others go on
-            if connected:
+            if ws is not None:
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
             else:
                 self._outcome(False, exc)
+        finally:
+            if ws is not None:
+                await ws.close()
 
     async def poll_one(self) -> None:
         a = self.args
         http = Http(a.master)
-        offset, seen, connected = a.start, 0, False
+        offset, seen, subscribed = a.start, 0, False
+        path = "/v1/results?from={}&limit=10000&wait=30"
         try:
-            await http.connect()
-            connected = True
+            async with self.gate:
+                await http.send("GET", path.format(offset))
+            subscribed = True
             self._outcome(True)
-            while seen < a.events:
-                status, body = await http.request(
-                    "GET", f"/v1/results?from={offset}&limit=10000&wait=30", timeout=60
-                )
+            while True:
+                status, body = await http.response(timeout=60)
                 if status != 200:
                     raise RuntimeError(f"GET /v1/results: {status} {body[:200]!r}")
                 page = msgspec.json.decode(body)
                 seen += len(page["events"])
                 offset = page["next"]
+                if seen >= a.events:
+                    break
+                await http.send("GET", path.format(offset))
             self.finished.append(time.time())
         except Exception as exc:
-            if connected:
+            if subscribed:
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
             else:
                 self._outcome(False, exc)
@@ -951,8 +966,6 @@ class Subscribers:
         tasks = []
         for _ in range(a.count):
             tasks.append(asyncio.create_task(one()))
-            if len(tasks) % 100 == 0:
-                await asyncio.sleep(0)  # let handshakes start instead of queueing thousands
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(a.timeout):
                 await self.ready.wait()
@@ -1024,6 +1037,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from", dest="start", type=int, default=1)
     p.add_argument("--events", type=int, default=0)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--handshakes", type=int, default=100, help="(subscribers) at once")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks, args.groups, args.workers = 20_000, 10, 40
