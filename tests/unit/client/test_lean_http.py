@@ -268,3 +268,17 @@ async def test_https_with_a_private_ca() -> None:
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await untrusting.request("GET", f"{server.url}/")
     assert server.connections == 1
+
+
+def test_on_uvloop() -> None:
+    """uvloop's transports are not ``asyncio.Transport`` subclasses; the pool takes them."""
+    import uvloop
+
+    async def main() -> tuple[list[int], int]:
+        async with serve(always_ok) as server:
+            http = LeanHttp()
+            statuses = [(await http.request("GET", f"{server.url}/")).status_code for _ in range(3)]
+            await http.aclose()
+        return statuses, server.connections
+
+    assert uvloop.run(main()) == ([200, 200, 200], 1)
