@@ -375,8 +375,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--mawex-concurrency",
         type=int,
-        default=8,
-        help="pods per worker process (mawex worker --concurrency, when it has it)",
+        default=32,
+        help="pods per worker process (mawex worker --concurrency)",
     )
     group.add_argument("--mawex-in-flight", type=int, default=256, help="submit() calls in flight")
     group.add_argument(

@@ -3,7 +3,7 @@
 The master journals on SQLite in a temporary directory (``synchronous=full``, every
 acknowledgement fsync'd, mawex's default), or ``synchronous=normal``, or a fresh
 PostgreSQL database. Workers run the no-op executor ``mawex.examples.demo:echo`` in
-the local sandbox, each process with ``--concurrency`` pods when the CLI has it.
+the local sandbox, each process with ``--concurrency`` pods.
 The client is ``mawex.AsyncClient``: single ``submit()`` calls with many in
 flight, results read from the result topic (``client.results()``), round trips
 as ``submit()`` then ``result()``.
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import subprocess
 import sys
 import time
 from typing import Any
@@ -31,14 +29,6 @@ EXECUTOR = "mawex.examples.demo:echo"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 
 
-@functools.cache
-def worker_has_concurrency() -> bool:
-    """Whether ``mawex worker`` takes ``--concurrency`` (pods per process)."""
-    argv = [sys.executable, "-m", "mawex", "worker", "--help"]
-    found = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return "--concurrency" in found.stdout
-
-
 class Mawex(AsyncSystem):
     name = "mawex"
     #: The journal of this variant; ``None``: ``--mawex-journal``.
@@ -49,8 +39,7 @@ class Mawex(AsyncSystem):
         opts = settings.options
         self.mode = self.journal_mode or str(opts.get("mawex_journal", "sqlite"))
         self.in_flight = int(opts.get("mawex_in_flight", 256))
-        wanted = int(opts.get("mawex_concurrency", 8))
-        self.concurrency = wanted if wanted > 1 and worker_has_concurrency() else 1
+        self.concurrency = max(1, int(opts.get("mawex_concurrency", 32)))
         self.journal = JournalSetup(self.mode, settings.workdir, str(opts.get("pg_url", "")))
         self.url = ""
         self.client: mawex.AsyncClient | None = None
@@ -95,8 +84,7 @@ class Mawex(AsyncSystem):
         argv = [sys.executable, "-m", "mawex", "worker", EXECUTOR, "--master", self.url]
         argv += ["--group", GROUP, "--pod", "w{i}", "--sandbox", "local"]
         argv += ["--log-format", "json", "--log-level", self.settings.log_level]
-        if self.concurrency > 1:
-            argv += ["--concurrency", str(self.concurrency)]
+        argv += ["--concurrency", str(self.concurrency)]
         self.spawn_workers(argv, self.settings.processes)
         expected = self.settings.processes * self.concurrency
 
