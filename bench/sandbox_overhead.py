@@ -33,16 +33,12 @@ import statistics
 import time
 from typing import Any
 
+from _common import percentile
+
 from mawex.model import Task
 from mawex.sandbox import create_sandbox
 
 EXECUTOR = "mawex.examples.demo:echo"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def raw_fork(n: int) -> list[float]:

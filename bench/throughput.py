@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +45,7 @@ from typing import Any, Protocol
 
 import httpx
 import msgspec
-from _common import git_describe
+from _common import JournalSetup, Proc, Processes, free_port, git_describe, percentile
 
 import mawex
 
@@ -58,7 +55,6 @@ EXECUTOR = "mawex.examples.demo:echo"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 JOURNALS = ("sqlite", "sqlite-normal", "postgresql", "memory")
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- results ------------------------------------------------------------------------
@@ -76,13 +72,6 @@ class Figures:
         self.values[name] = value
         if show:
             print(f"{name} {value}", flush=True)
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) by nearest rank."""
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 # -- HTTP clients -------------------------------------------------------------------
@@ -215,130 +204,6 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
 
 # -- processes ----------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the process (all its threads) so far; 0 once it is gone."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-class Processes:
-    """Children of the benchmark, each stopped by its PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[Proc] = []
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        log = self.workdir / f"{name}.log"
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        if proc.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)
-        try:
-            proc.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.popen.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        """Workers first (they check out), then the master; SIGKILL what does not stop."""
-        for proc in self.procs:
-            if proc.alive() and not proc.name.startswith("master"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            if not proc.name.startswith("master"):
-                self.stop(proc)
-        for proc in self.procs:
-            self.stop(proc)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-# -- the journal --------------------------------------------------------------------
-
-
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-class JournalSetup:
-    """The journal URL for a mode, and whatever must be created and dropped for it."""
-
-    def __init__(self, mode: str, workdir: Path, pg_url: str) -> None:
-        self.mode = mode
-        self.pg_url = pg_url
-        self.pg_db: str | None = None
-        if mode == "sqlite":
-            self.url = f"sqlite:///{workdir / 'mawex.db'}"
-        elif mode == "sqlite-normal":
-            self.url = f"sqlite:///{workdir / 'mawex.db'}?synchronous=normal"
-        elif mode == "postgresql":
-            self.pg_db = f"mawex_bench_{secrets.token_hex(4)}"
-            base, _, _ = pg_url.rpartition("/")
-            self.url = f"{base}/{self.pg_db}"
-        else:
-            self.url = "memory"
-
-    def create(self) -> None:
-        if self.pg_db is not None:
-            asyncio.run(_pg_admin(self.pg_url, f'CREATE DATABASE "{self.pg_db}"'))
-
-    def drop(self) -> None:
-        if self.pg_db is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run(_pg_admin(self.pg_url, f'DROP DATABASE IF EXISTS "{self.pg_db}"'))
 
 
 def serve_memory_master(listen: str) -> None:
