@@ -142,3 +142,41 @@ async def test_batch_names_its_duplicates_when_asked(master: LocalMaster) -> Non
         )
         assert bad.status_code == 400
         assert "duplicate_indexes" in bad.json()["detail"]
+
+
+async def test_run_submits_and_waits_in_one_request(master: LocalMaster) -> None:
+    pool = await _workers(master, "mawex.examples.demo:echo", "r", "pod-r")
+    failing = await _workers(master, "mawex.examples.demo:fail", "rf", "pod-rf")
+    try:
+        async with master.client() as client:
+            assert await client.run("r", {"n": 1}, id="r1", timeout=10) == {"n": 1}
+            # idempotent: the same identity again answers the first run's result
+            assert await client.run("r", {"n": 2}, id="r1", timeout=10) == {"n": 1}
+            with pytest.raises(mawex.TaskFailed, match="fails on purpose"):
+                await client.run("rf", None, max_attempts=1, timeout=10)
+            # nobody serves the group: the wait ends, the task stays queued
+            with pytest.raises(mawex.ResultTimeout):
+                await client.run("nobody", 1, id="q1", timeout=0.3)
+            assert (await client.get("nobody", "q1")).status == "pending"
+
+        def in_a_thread() -> object:
+            with mawex.Client(master.url) as sync:
+                return sync.run("r", [1, 2], timeout=10)
+
+        assert await asyncio.to_thread(in_a_thread) == [1, 2]
+
+        async with httpx.AsyncClient(base_url=master.url) as http:
+            raw = await http.post(
+                "/v1/tasks", params={"wait": "10"}, json={"id": "raw", "group": "r", "payload": 7}
+            )
+            assert raw.status_code == 202
+            body = raw.json()
+            assert (body["id"], body["status"], body["duplicate"]) == ("raw", "accepted", False)
+            assert body["task"]["status"] == "completed" and body["task"]["result"] == 7
+            plain = await http.post("/v1/tasks", json={"id": "plain", "group": "nobody"})
+            assert "task" not in plain.json()
+            bad = await http.post("/v1/tasks", params={"wait": "61"}, json={"group": "r"})
+            assert bad.status_code == 400 and "wait" in bad.json()["detail"]
+    finally:
+        pool.stop()
+        failing.stop()

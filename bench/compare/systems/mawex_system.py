@@ -6,7 +6,7 @@ PostgreSQL database. Workers run the no-op executor ``mawex.examples.demo:echo``
 the local sandbox, each process with ``--concurrency`` pods.
 The client is ``mawex.AsyncClient``: single ``submit()`` calls with many in
 flight, results read from the result topic (``client.results()``), round trips
-as ``submit()`` then ``result()``.
+with ``run()`` (submit and wait in one request, like the peers' blocking gets).
 """
 
 from __future__ import annotations
@@ -159,8 +159,7 @@ class Mawex(AsyncSystem):
             client, clock, samples = self._client, time.perf_counter, []
             for i in range(count):
                 started = clock()
-                await client.submit(GROUP, None, id=f"{tag}-{i}")
-                await client.result(GROUP, f"{tag}-{i}", timeout=RESULT_TIMEOUT)
+                await client.run(GROUP, None, id=f"{tag}-{i}", timeout=RESULT_TIMEOUT)
                 samples.append(clock() - started)
             return samples
 

@@ -736,9 +736,45 @@ class ClientCore:
     def cancel(self, group: str, id: str) -> Call[TaskResult]:
         return parse_task_result((yield from self.call("DELETE", _task_path(group, id))))
 
-    def result(self, group: str, id: str, *, timeout: float | None = None) -> Call[Any]:
-        path = _task_path(group, id)
+    def run(
+        self,
+        group: str,
+        payload: Any = None,
+        *,
+        id: str | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        timeout: float | None = None,
+    ) -> Call[Any]:
+        """Submit one task and wait for its result: one ``POST /v1/tasks?wait=…``, then
+        long polls (as :meth:`result`) if the task has not ended within it."""
+        item = submission(group, payload, id=id, max_attempts=max_attempts, timeout_s=timeout_s)
         deadline = None if timeout is None else self.clock() + max(0.0, timeout)
+        wait = LONG_POLL_CAP if timeout is None else min(LONG_POLL_CAP, max(0.0, timeout))
+        params = {"wait": _fmt(wait)} if wait > 0 else None
+        data = _dict(
+            (
+                yield from self.call(
+                    "POST", "/v1/tasks", params=params, content=item.content, wait=wait
+                )
+            ),
+            "receipt",
+        )
+        if isinstance(data.get("task"), dict):
+            task = parse_task_result(data["task"])
+            if task.done:
+                return outcome_of(task)
+        return (yield from self._result(item.body["group"], item.body["id"], deadline, timeout))
+
+    def result(self, group: str, id: str, *, timeout: float | None = None) -> Call[Any]:
+        deadline = None if timeout is None else self.clock() + max(0.0, timeout)
+        return (yield from self._result(group, id, deadline, timeout))
+
+    def _result(
+        self, group: str, id: str, deadline: float | None, timeout: float | None
+    ) -> Call[Any]:
+        """Long polls until the task ends or ``deadline``; ``timeout`` is for the error."""
+        path = _task_path(group, id)
         pause = _Pause()
         while True:
             started = self.clock()

@@ -152,6 +152,34 @@ class AsyncClient:
             self._sender = asyncio.create_task(self._send_waiting(), name="mawex-submit")
         return await future
 
+    async def run(
+        self,
+        group: str,
+        payload: Any = None,
+        *,
+        id: str | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Submit one task and return its result once it has run: :meth:`submit` and
+        :meth:`result` in one request (``POST /v1/tasks?wait=…``) when it ends quickly.
+
+        ``timeout`` bounds the wait (:class:`mawex.ResultTimeout`; the task stays
+        queued); ``timeout_s`` is the task's own run-time limit. Raises as
+        :meth:`result` does when the task does not complete.
+        """
+        return await self._run(
+            self._core.run(
+                group,
+                payload,
+                id=id,
+                max_attempts=max_attempts,
+                timeout_s=timeout_s,
+                timeout=timeout,
+            )
+        )
+
     async def submit_many(
         self,
         tasks: Iterable[Mapping[str, Any]],

@@ -107,7 +107,7 @@ async def _websocket_only(request: Request) -> Response:
 #: The query parameters each API path takes; any other is refused (400), as unknown
 #: fields in bodies are.
 QUERY_PARAMS: dict[str, frozenset[str]] = {
-    "/v1/tasks": frozenset(),
+    "/v1/tasks": frozenset({"wait"}),
     "/v1/tasks/batch": frozenset({"duplicate_indexes"}),
     "/v1/state": frozenset(),
     "/v1/results": frozenset({"from", "limit", "wait"}),

@@ -147,6 +147,11 @@ def _components() -> dict[str, Any]:
                     "type": "boolean",
                     "description": "The identity was already known: nothing new was queued",
                 },
+                "task": {
+                    "allOf": [_ref("Task")],
+                    "description": "With `?wait=S`: the task once terminal, or as it is "
+                    "after S seconds",
+                },
             },
         },
         "BatchAccepted": {
@@ -283,6 +288,14 @@ def _paths() -> dict[str, Any]:
                 "summary": "Submit a task",
                 "description": "Idempotent by `(group, id)`: submitting a known identity again "
                 "is acknowledged with `duplicate: true` and runs nothing. Only the leader accepts.",
+                "parameters": [
+                    _query(
+                        "wait",
+                        "Submit and wait: also answer with the task once it is terminal, "
+                        "waiting up to this many seconds (max 60)",
+                        {"type": "number", "minimum": 0, "maximum": 60},
+                    ),
+                ],
                 "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("TaskIn")}}},
                 "responses": {
                     "202": _json(_ref("Accepted"), "Accepted (durable in the journal)"),

@@ -27,12 +27,19 @@ def _limits(request: Request) -> api.ApiLimits:
 
 async def submit(request: Request) -> Response:
     engine = _engine(request)
+    wait = api.parse_seconds(request.query_params.get("wait"), "wait", MAX_WAIT_S)
     engine._require_leader()
     task = api.parse_task(await request.body(), _limits(request))
     duplicate = await engine.submit(task)
-    return json_response(
-        {"id": task.id, "group": task.group, "status": "accepted", "duplicate": duplicate}, 202
-    )
+    body: dict[str, Any] = {
+        "id": task.id,
+        "group": task.group,
+        "status": "accepted",
+        "duplicate": duplicate,
+    }
+    if wait > 0:  # submit and wait: the task as it is once terminal, or after ``wait``
+        body["task"] = await engine.wait_terminal(task.group, task.id, wait)
+    return json_response(body, 202)
 
 
 async def submit_batch(request: Request) -> Response:

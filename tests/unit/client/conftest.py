@@ -119,7 +119,9 @@ class FakeCluster:
     def route(self, request: httpx.Request, master: FakeMaster) -> httpx.Response:
         path = request.url.path
         if path == "/v1/tasks" and request.method == "POST":
-            return self.submit(json.loads(request.content))
+            return self.submit(
+                json.loads(request.content), float(request.url.params.get("wait", 0))
+            )
         if path == "/v1/tasks/batch":
             return self.batch(json.loads(request.content)["tasks"])
         if path == "/v1/state":
@@ -140,14 +142,20 @@ class FakeCluster:
             self.clock.now += wait
         return httpx.Response(200, json=task)
 
-    def submit(self, body: dict[str, Any]) -> httpx.Response:
+    def submit(self, body: dict[str, Any], wait: float = 0.0) -> httpx.Response:
         key = (body["group"], body["id"])
         duplicate = key in self.tasks
         if not duplicate:
             self.add_task(*key, payload=body["payload"])
-        return httpx.Response(
-            202, json={"id": key[1], "group": key[0], "status": "accepted", "duplicate": duplicate}
-        )
+        receipt = {"id": key[1], "group": key[0], "status": "accepted", "duplicate": duplicate}
+        if wait:  # submit and wait: answer with the task as a poll would see it
+            task = self.tasks[key]
+            if self.on_poll:
+                self.on_poll(task)
+            if task["status"] not in TERMINAL and self.honour_wait:
+                self.clock.now += wait
+            receipt["task"] = dict(task)
+        return httpx.Response(202, json=receipt)
 
     def batch(self, tasks: list[dict[str, Any]]) -> httpx.Response:
         if len(tasks) > self.max_batch:

@@ -222,3 +222,29 @@ async def test_result_follows_failover(cluster: FakeCluster, connect: Connect) -
     cluster.on_poll = leader_dies
     assert await connect("http://a:1,http://b:2").result("g", "t") == 7
     assert [r.url.host for r in cluster.requests] == ["a", "a", "a", "b"]
+
+
+async def test_run_answers_in_one_request_when_the_task_ends_in_time(
+    cluster: FakeCluster, connect: Connect
+) -> None:
+    cluster.add("http://a:1")
+    cluster.on_poll = lambda task: task.update(status="completed", result={"ok": 1})
+    assert await connect("http://a:1").run("g", {"x": 1}, id="t") == {"ok": 1}
+    assert [(r.method, r.url.path, r.url.params.get("wait")) for r in cluster.requests] == [
+        ("POST", "/v1/tasks", "25")
+    ]
+
+
+async def test_run_goes_on_with_long_polls_and_keeps_its_deadline(
+    cluster: FakeCluster, connect: Connect
+) -> None:
+    cluster.add("http://a:1")
+    with pytest.raises(ResultTimeout, match="task g/t still pending after 60s"):
+        await connect("http://a:1").run("g", None, id="t", timeout=60)
+    # the POST waited 25 s, then long polls for the 35 s left
+    assert [(r.method, r.url.params.get("wait")) for r in cluster.requests] == [
+        ("POST", "25"),
+        ("GET", "25"),
+        ("GET", "10"),
+    ]
+    assert cluster.tasks["g", "t"]["status"] == "pending"
