@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -180,3 +180,19 @@ async def test_run_submits_and_waits_in_one_request(master: LocalMaster) -> None
     finally:
         pool.stop()
         failing.stop()
+
+
+async def test_a_subscriber_that_leaves_a_quiet_stream_is_let_go(master: LocalMaster) -> None:
+    url = master.url.replace("http", "ws") + "/v1/results/stream?from=0"
+    streams = [await connect(url) for _ in range(5)]
+    await wait_until_async(lambda: master.engine.topic.subscribers == 5, "5 waiting streams")
+    for stream in streams:
+        await stream.close()
+    # nothing is published: the master notices the closes by itself
+    await wait_until_async(lambda: master.engine.topic.subscribers == 0, "streams let go")
+
+
+async def wait_until_async(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -37,6 +39,18 @@ async def stream(websocket: WebSocket) -> None:
         await websocket.close(code=1008, reason=str(exc)[:120])
         return
     await websocket.accept()
+    # A subscriber that leaves must not linger until the next event: watch its side too.
+    sender = asyncio.ensure_future(_send_events(websocket, engine, offset))
+    receiver = asyncio.ensure_future(_until_closed(websocket))
+    try:
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        await asyncio.gather(sender, receiver, return_exceptions=True)
+
+
+async def _send_events(websocket: WebSocket, engine: Engine, offset: int) -> None:
     try:
         while True:
             events, next_offset = await engine.topic.read(offset, 1000)
@@ -45,5 +59,13 @@ async def stream(websocket: WebSocket) -> None:
             offset = next_offset
             if not events:
                 await engine.topic.wait(max(offset, 1), STREAM_IDLE_S)
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, RuntimeError, OSError):
         return
+
+
+async def _until_closed(websocket: WebSocket) -> None:
+    """Return when the subscriber disconnects; what it sends is ignored."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
