@@ -377,3 +377,28 @@ async def test_failed_append_never_leaves_phantom_events_in_the_state() -> None:
         assert [msgspec.json.decode(e)["id"] for e in events] == ["after"]
     finally:
         await engine.stop()
+
+
+async def test_the_engines_own_snapshots_trim_in_the_background(
+    journal_factory: Callable[[], Journal],
+) -> None:
+    settings = EngineSettings(lease_ttl=30, tick_s=0.05, snapshot_every=20, retain_topic_events=1)
+    leader = Engine(journal_factory(), settings)
+    await leader.start()
+    await leader.wait_leader(5)
+    try:
+        for i in range(45):  # 45 accepted records: two snapshots on the way
+            await leader.submit(_task(f"t{i}"))
+        assert leader.stats["snapshots"] == 2
+        async with asyncio.timeout(10):
+            while (await leader.journal.read(1, 1))[0].offset < 40:
+                await asyncio.sleep(0.01)  # the second snapshot's trim, run behind the turns
+        await leader.submit(_task("after"))
+        journal = journal_factory()
+        await journal.open()
+        restarted = Engine(journal, settings)
+        await restarted.rebuild()
+        assert restarted.state.tasks.keys() == leader.state.tasks.keys()
+        await journal.close()
+    finally:
+        await leader.stop()

@@ -364,3 +364,26 @@ async def test_sqlite_appends_run_on_the_loop_only_without_fsync_and_an_idle_thr
         assert (threads[-1] == threading.get_ident()) is (sync == "normal")
     finally:
         await journal.close()
+
+
+async def test_sqlite_trim_deletes_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mawex.journal import sqlite as sqlite_journal
+
+    monkeypatch.setattr(sqlite_journal, "TRIM_CHUNK", 7)
+    journal = sqlite_journal.SQLiteJournal(tmp_path / "j.db")
+    await journal.open()
+    try:
+        lease = await journal.acquire("a", 10, None)
+        assert lease is not None
+        # 50 records; every 10th is a topic record
+        records = [Record(i, i // 10 if i % 10 == 0 else None, 0.0, b"x") for i in range(1, 51)]
+        await journal.append(records, lease.epoch)
+        await journal.save_snapshot(Snapshot(50, b"state"), lease.epoch)
+        deleted = await journal.trim(51, 4, lease.epoch)  # keep topic records from 4 on
+        assert deleted == 48  # 45 non-topic + topics 1, 2, 3: seven chunks, the last short
+        kept = await journal.read(1, 100)
+        assert [(r.offset, r.topic) for r in kept] == [(40, 4), (50, 5)]
+    finally:
+        await journal.close()

@@ -47,6 +47,8 @@ Synchronous = Literal["full", "normal"]
 _Q: Final = load_queries("sqlite.sql")
 #: How long a writer waits for another process's write lock before failing.
 DEFAULT_BUSY_TIMEOUT: Final = 10.0
+#: Records deleted per transaction by :meth:`SQLiteJournal.trim`.
+TRIM_CHUNK: Final = 20_000
 
 
 def _fence(epoch: int, current: int) -> None:
@@ -288,13 +290,22 @@ class SQLiteJournal:
         return None if row is None else Snapshot(row[0], row[1])
 
     async def trim(self, before_offset: int, keep_topic_from: int, epoch: int) -> int:
+        """Delete in transactions of :data:`TRIM_CHUNK` records, so that appends made
+        meanwhile wait for one chunk, not for the whole trim."""
+
         def write(conn: sqlite3.Connection) -> int:
             _, snap = self._write_state(conn, epoch)
             before = min(before_offset, (snap or 0) + 1)
-            cursor = conn.execute(_Q["trim"], (self.namespace, before, keep_topic_from))
+            ns = self.namespace
+            cursor = conn.execute(_Q["trim"], (ns, ns, before, keep_topic_from, TRIM_CHUNK))
             return cursor.rowcount
 
-        return await self._run(lambda conn: self._transaction(conn, write))
+        deleted = 0
+        while True:
+            chunk = await self._run(lambda conn: self._transaction(conn, write))
+            deleted += chunk
+            if chunk < TRIM_CHUNK:
+                return deleted
 
     # -- lease ----------------------------------------------------------------
 

@@ -108,6 +108,7 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._snapshot_offset = 0
+        self._trim_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._leader_event = asyncio.Event()
         # True when the state may hold events the journal does not (a failed append,
@@ -276,6 +277,11 @@ class Engine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        trim, self._trim_task = self._trim_task, None
+        if trim is not None:
+            trim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trim
         for command in self._inbox.drain(1 << 30):
             if command.future is not None and not command.future.done():
                 command.future.set_exception(NotLeader(self.leader_url))
@@ -541,7 +547,7 @@ class Engine:
             if session is not None:
                 session.send(wire.encode(message))
         if state.offset - self._snapshot_offset >= self.settings.snapshot_every:
-            await self.save_snapshot()
+            await self.save_snapshot(trim_in_background=True)
 
     def _decide(
         self, commands: list[_Command], now: float
@@ -594,21 +600,39 @@ class Engine:
                     if not future.done():
                         future.set_result(None)
 
-    async def save_snapshot(self) -> None:
-        """Store the state and trim the journal up to it (keeping the retained topic)."""
+    async def save_snapshot(self, *, trim_in_background: bool = False) -> None:
+        """Store the state and trim the journal up to it (keeping the retained topic).
+
+        ``trim_in_background``: the engine's own snapshots do not wait for the trim,
+        which deletes in chunks between the appends (one trim at a time).
+        """
         if self.lease is None:
             return
         state = self.state
         snapshot = Snapshot(state.offset, state.snapshot())
-        await self.journal.save_snapshot(snapshot, self.lease.epoch)
+        epoch = self.lease.epoch
+        await self.journal.save_snapshot(snapshot, epoch)
         self._snapshot_offset = snapshot.offset
         keep_topic = max(1, state.topic_next - self.settings.retain_topic_events)
-        await self.journal.trim(snapshot.offset, keep_topic, self.lease.epoch)
+        if not trim_in_background:
+            await self.journal.trim(snapshot.offset, keep_topic, epoch)
+        elif self._trim_task is None or self._trim_task.done():
+            self._trim_task = asyncio.get_running_loop().create_task(
+                self._trim(snapshot.offset, keep_topic, epoch), name="mawex-trim"
+            )
         self.stats["snapshots"] += 1
         log.info(
             "snapshot saved",
             extra={"action": "snapshot", "offset": snapshot.offset, "tasks": len(state.tasks)},
         )
+
+    async def _trim(self, before_offset: int, keep_topic_from: int, epoch: int) -> None:
+        try:
+            deleted = await self.journal.trim(before_offset, keep_topic_from, epoch)
+        except (FencedOut, JournalError) as exc:  # the next append finds out too
+            log.warning("journal trim failed: %s", exc, extra={"action": "trim_failed"})
+            return
+        log.debug("journal trimmed", extra={"action": "trim", "records": deleted})
 
     def task_status(self, group: str, id: str) -> TaskStatus | None:
         record = self.state.tasks.get((group, id))

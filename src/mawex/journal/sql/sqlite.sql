@@ -82,7 +82,11 @@ SELECT seq, body FROM mawex_snapshot WHERE ns = ?;
 
 -- name: trim
 DELETE FROM mawex_records
-WHERE ns = ? AND seq < ? AND (topic IS NULL OR topic < ?);
+WHERE ns = ? AND seq IN (
+    SELECT seq FROM mawex_records
+    WHERE ns = ? AND seq < ? AND (topic IS NULL OR topic < ?)
+    ORDER BY seq LIMIT ?
+);
 
 -- name: get_lease
 SELECT holder, epoch, expires_at, url FROM mawex_lease WHERE ns = ?;
