@@ -192,8 +192,10 @@ async def test_api_5xx_is_retried(cluster: Cluster) -> None:
     read = cluster.api.inject(_is("GET", "jobs", name=True), times=3, status=500)
     pods = cluster.api.inject(_is("GET", "pods", name=False), times=2, status=429)
     delete = cluster.api.inject(_is("DELETE", "jobs"), times=1, status=503)
-    async with started(cluster.sandbox(api_retries=4)) as sandbox:
-        outcome = await sandbox.run(task({"n": 1}), 30)
+    # the task lasts long enough for the sandbox to read the Job's status while it runs
+    sandbox_options = {"executor": "tests.k8s.executors:multi", "api_retries": 4}
+    async with started(cluster.sandbox(**sandbox_options)) as sandbox:
+        outcome = await sandbox.run(task({"do": "sleepy", "s": 1.0}), 30)
     assert outcome.ok, outcome.error
     assert (create.hits, read.hits, delete.hits) == (2, 3, 1)
     assert pods.hits >= 1

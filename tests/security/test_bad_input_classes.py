@@ -168,7 +168,7 @@ def _ws_error(url: str, headers: dict[str, str], frames: list[str | bytes]) -> s
         return f"closed {exc.rcvd.code if exc.rcvd else None}"
 
 
-WS: list[tuple[str, list[str | bytes], dict[str, str], str]] = [
+WS: list[tuple[str, list[str | bytes], dict[str, str], str | tuple[str, ...]]] = [
     ("worker: first frame not hello", ['{"type":"heartbeat"}'], WAUTH, "invalid"),
     ("worker: hello with an unknown field", [hello(group="wsg", extra=1)], WAUTH, "invalid"),
     ("worker: bad worker name", [hello("bad name", group="wsg")], WAUTH, "invalid"),
@@ -191,7 +191,9 @@ WS: list[tuple[str, list[str | bytes], dict[str, str], str]] = [
         "worker: frame over the limit",
         [hello("w-3", group="wsg"), "[" + "1," * LIMITS.max_frame_bytes + "1]"],
         WAUTH,
-        "closed 1009",
+        # 1009 (message too big); the master refuses the frame from its header and closes
+        # while the rest is still being sent, so the close can also arrive as a reset
+        ("closed 1009", "closed None"),
     ),
     ("worker: client token", [hello(group="wsg")], AUTH, "HTTP 401"),
     ("worker: no token", [hello(group="wsg")], {}, "HTTP 401"),
@@ -229,7 +231,8 @@ def test_at_least_30_distinct_bad_input_classes_are_rejected(master: ThreadMaste
     for name, frames, headers, expected in WS:
 
         def ws_check(frames=frames, headers=headers, expected=expected) -> None:  # type: ignore[no-untyped-def]
-            assert _ws_error(master.url, headers, frames) == expected
+            outcome = _ws_error(master.url, headers, frames)
+            assert outcome in expected if isinstance(expected, tuple) else outcome == expected
 
         checks[name] = ws_check
     assert len(checks) >= 30, len(checks)
