@@ -1,6 +1,6 @@
 """How a real master frames its messages to a worker: one message per frame for a
-version-1 hello, the ack of one attempt and the assign of the next in one array
-frame for a worker of protocol version 2."""
+version-1 hello, the assign of the next attempt and the ack of the last one in one
+array frame for a worker of protocol version 2."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def _run_two(master: ThreadMaster, group: str, version: int | None) -> list[Any]
         frames = [json.loads(ws.recv(timeout=10))]
         if isinstance(frames[0], dict):  # single frames: the second message follows
             frames.append(json.loads(ws.recv(timeout=10)))
-        last = frames[-1][-1] if isinstance(frames[-1], list) else frames[-1]
-        _finish(ws, last)
+        messages = [m for f in frames for m in (f if isinstance(f, list) else [f])]
+        _finish(ws, next(m for m in messages if m["type"] == "assign"))
         done = httpx.get(f"{master.url}/v1/tasks/{group}/t2", params={"wait": 10}, timeout=20)
         assert done.json()["status"] == "completed"
     return frames
@@ -50,11 +50,12 @@ def _kinds(frame: Any) -> Any:
 
 def test_a_version_2_worker_gets_ack_and_assign_in_one_frame(master: ThreadMaster) -> None:
     frames = _run_two(master, "v2", version=2)
-    assert [_kinds(f) for f in frames] == [["ack", "assign"]]
-    ack, assign = frames[0]
-    assert (ack["id"], assign["id"]) == ("t1", "t2")
+    # work first, then the ack that holds nobody up
+    assert [_kinds(f) for f in frames] == [["assign", "ack"]]
+    assign, ack = frames[0]
+    assert (assign["id"], ack["id"]) == ("t2", "t1")
 
 
 def test_a_worker_that_names_no_version_gets_one_message_per_frame(master: ThreadMaster) -> None:
     frames = _run_two(master, "v1", version=None)
-    assert [_kinds(f) for f in frames] == ["ack", "assign"]
+    assert [_kinds(f) for f in frames] == ["assign", "ack"]

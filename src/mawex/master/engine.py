@@ -344,7 +344,7 @@ class Engine:
             waiters.append(future)
             try:
                 async with asyncio.timeout(timeout):
-                    await asyncio.shield(future)
+                    await future  # this caller's own future: cancelling it harms no one
             except TimeoutError:
                 pass
             finally:
@@ -535,6 +535,9 @@ class Engine:
                     if not future.done():
                         future.set_exception(error)
                 raise
+        # Work for workers goes out first, then the callers' replies, then the acks of
+        # results (which hold nobody up): the order the waiting tasks are woken in.
+        acks = self._send(sends, urgent=True)
         for future, reply, failure in replies:
             if future.done():
                 continue
@@ -542,12 +545,23 @@ class Engine:
                 future.set_exception(failure)
             else:
                 future.set_result(reply)
-        for worker_id, message in sends:
-            session = self.sessions.get(worker_id)
-            if session is not None:
-                session.send(wire.encode(message))
+        if acks:
+            self._send(sends, urgent=False)
         if state.offset - self._snapshot_offset >= self.settings.snapshot_every:
             await self.save_snapshot(trim_in_background=True)
+
+    def _send(self, sends: list[tuple[str, wire.MasterMessage]], *, urgent: bool) -> bool:
+        """Queue the urgent messages (all but acks), or the acks; whether any ack was seen."""
+        acks = False
+        sessions = self.sessions
+        for worker_id, message in sends:
+            if isinstance(message, wire.Ack) is urgent:
+                acks = True
+                continue
+            session = sessions.get(worker_id)
+            if session is not None:
+                session.send(wire.encode(message))
+        return acks
 
     def _decide(
         self, commands: list[_Command], now: float
