@@ -44,7 +44,8 @@ class _Attempt:
 
     def __init__(self, task: Task) -> None:
         self.task = task
-        self.stop = asyncio.Event()
+        #: Done once the attempt is cancelled (a future: waited on with no task of its own).
+        self.stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reason: str | None = None
 
 
@@ -202,9 +203,9 @@ class LocalSandbox:
     async def cancel(self, reason: str) -> None:
         """Stop the running attempt, if any; its ``run`` returns a failed Outcome."""
         attempt = self._attempt
-        if attempt is not None and not attempt.stop.is_set():
+        if attempt is not None and not attempt.stop.done():
             attempt.reason = reason
-            attempt.stop.set()
+            attempt.stop.set_result(None)
 
     async def close(self) -> None:
         """Cancel the running attempt and any abandoned async code (threads cannot be killed)."""
@@ -239,12 +240,11 @@ class LocalSandbox:
         """Wait for ``work``; False when the deadline passed or the attempt was cancelled."""
         if work.done():
             return True
-        stop = asyncio.ensure_future(attempt.stop.wait())
-        try:
-            await asyncio.wait({work, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        return work.done() and not attempt.stop.is_set()
+        if not attempt.stop.done():
+            await asyncio.wait(
+                {work, attempt.stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        return work.done() and not attempt.stop.done()
 
     def _stopped(
         self, attempt: _Attempt, timeout_s: float | None, lingering: Awaitable[None] | None
