@@ -141,6 +141,53 @@ class _StaleConnection(httpx.ReadError):
     """A reused connection closed before its response began: safe to send again."""
 
 
+def _named(error: httpx.RequestError, method: str, url: str) -> httpx.RequestError:
+    """``error``, naming the request it is about (built only when something failed)."""
+    error.request = httpx.Request(method, url)
+    return error
+
+
+class LeanResponse(httpx.Response):
+    """An ``httpx.Response`` of a whole body already read, built without httpx's
+    stream and request machinery, which cost more than the rest of a request here.
+
+    Its ``request`` (method and URL only) is made when something asks for it.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes,
+        method: str,
+        url: str,
+    ) -> None:
+        self.status_code = status_code
+        self.headers = httpx.Headers(headers)
+        self._content = content
+        self._request: httpx.Request | None = None
+        self._method = method
+        self._url = url
+        self.next_request = None
+        self.extensions = {}
+        self.history = []
+        self.is_closed = True
+        self.is_stream_consumed = True
+        self.default_encoding = "utf-8"
+        self.stream = httpx.ByteStream(content)
+        self._num_bytes_downloaded = len(content)
+
+    @property
+    def request(self) -> httpx.Request:
+        if self._request is None:
+            self._request = httpx.Request(self._method, self._url)
+        return self._request
+
+    @request.setter
+    def request(self, value: httpx.Request) -> None:
+        self._request = value
+
+
 class LeanHttp:
     """Requests to masters over pooled HTTP/1.1 connections, answering ``httpx.Response``.
 
@@ -180,14 +227,13 @@ class LeanHttp:
         """Send one request and read its whole response; raises ``httpx.RequestError``."""
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
-        request = httpx.Request(method, url)
         if self.is_closed:
-            raise httpx.ConnectError("the client is closed", request=request)
+            raise _named(httpx.ConnectError("the client is closed"), method, url)
         parts = urlsplit(url)
         scheme = parts.scheme
         host = parts.hostname or ""
         if scheme not in ("http", "https") or not host:
-            raise httpx.UnsupportedProtocol(f"cannot request {url!r}", request=request)
+            raise _named(httpx.UnsupportedProtocol(f"cannot request {url!r}"), method, url)
         port = parts.port or (443 if scheme == "https" else 80)
         target = parts.path or "/"
         if parts.query:
@@ -205,13 +251,17 @@ class LeanHttp:
             # (a client used from a new event loop cannot reuse the old loop's sockets)
             origin = self._origins[key] = _Origin(self._max)
         try:
-            async with asyncio.timeout(limits.pool):
+            if origin.slots.locked():  # (a timeout only when there is something to wait for)
+                async with asyncio.timeout(limits.pool):
+                    await origin.slots.acquire()
+            else:
                 await origin.slots.acquire()
         except TimeoutError:
-            raise httpx.PoolTimeout("no free connection to the master", request=request) from None
+            error = httpx.PoolTimeout("no free connection to the master")
+            raise _named(error, method, url) from None
         try:
             for attempt in range(2):
-                connection = await self._connection(origin, key, limits, request)
+                connection = await self._connection(origin, key, limits)
                 try:
                     status, raw_headers, payload, keep = await connection.roundtrip(
                         data, limits.read
@@ -221,28 +271,23 @@ class LeanHttp:
                     if connection.served and attempt == 0:
                         continue
                     raise
-                except httpx.RequestError as exc:
+                except httpx.RequestError:
                     connection.close()
-                    exc.request = request
                     raise
                 if keep and not connection.closed:
                     origin.idle.append(connection)
                 else:
                     connection.close()
-                return httpx.Response(status, headers=raw_headers, content=payload, request=request)
+                return LeanResponse(status, raw_headers, payload, method, url)
             raise AssertionError("unreachable")  # pragma: no cover
         except httpx.RequestError as exc:
-            exc.request = request
+            _named(exc, method, url)
             raise
         finally:
             origin.slots.release()
 
     async def _connection(
-        self,
-        origin: _Origin,
-        key: tuple[str, str, int],
-        limits: httpx.Timeout,
-        request: httpx.Request,
+        self, origin: _Origin, key: tuple[str, str, int], limits: httpx.Timeout
     ) -> _Connection:
         while origin.idle:
             connection = origin.idle.pop()
@@ -257,11 +302,9 @@ class LeanHttp:
             async with asyncio.timeout(limits.connect):
                 _, connection = await loop.create_connection(_Connection, host, port, ssl=context)
         except TimeoutError:
-            raise httpx.ConnectTimeout(
-                f"connecting to {host}:{port} timed out", request=request
-            ) from None
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except (OSError, ssl.SSLError) as exc:
-            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
         return connection
 
     async def aclose(self) -> None:

@@ -282,3 +282,17 @@ def test_on_uvloop() -> None:
         return statuses, server.connections
 
     assert uvloop.run(main()) == ([200, 200, 200], 1)
+
+
+async def test_a_response_reads_like_any_httpx_response() -> None:
+    async with serve(always_ok) as server:
+        http = LeanHttp()
+        response = await http.request("GET", f"{server.url}/v1/state", params={"a": "1"})
+        await http.aclose()
+    assert isinstance(response, httpx.Response)
+    assert response.is_success and response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.content == b'{"ok":true}' and response.text == '{"ok":true}'
+    assert response.json() == {"ok": True}
+    assert str(response.request.url) == f"{server.url}/v1/state?a=1"
+    assert response.request.method == "GET"
