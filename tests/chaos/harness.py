@@ -451,7 +451,11 @@ class ChaosRun:
                     proc.popen.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     self._reap(proc)
-            topic = read_topic([p.url for p in self.masters() if p.url and p.alive])
+            # the leader's topic first: a standby follows the journal a poll interval late
+            leader = self.leader()
+            masters = [p for p in self.masters() if p.url and p.alive]
+            masters.sort(key=lambda p: p is not leader)
+            topic = read_topic([p.url for p in masters if p.url])
         finally:
             submitter.stop.set()
             self.cluster.stop_all()
