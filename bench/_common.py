@@ -216,3 +216,27 @@ class JournalSetup:
         if self.pg_db is not None:
             with contextlib.suppress(Exception):
                 asyncio.run(_pg_admin(self.pg_url, f'DROP DATABASE IF EXISTS "{self.pg_db}"'))
+
+
+# -- a minimal HTTP/1.1 exchange -------------------------------------------------------------
+
+
+def http_request(method: str, path: str, host_header: bytes, body: bytes | None) -> bytes:
+    """The bytes of one HTTP/1.1 request (a JSON body, if any)."""
+    head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), path.encode(), host_header)
+    if body is not None:
+        head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+    return head + b"\r\n" + (body or b"")
+
+
+async def read_http_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """Status, body and whether the server closes the connection, of one response with
+    a ``content-length`` (all the benchmarks' servers send)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lower = head.lower()
+    at = lower.find(b"\r\ncontent-length:")
+    if at < 0:
+        raise RuntimeError(f"no content-length in {head!r}")
+    end = lower.index(b"\r\n", at + 2)
+    content = await reader.readexactly(int(lower[at + 17 : end]))
+    return int(head[9:12]), content, b"\r\nconnection: close" in lower

@@ -65,7 +65,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from _common import git_describe
+from _common import git_describe, http_request, read_http_response
 from failover import DEFAULT_PG, Figures, Store, cold_rebuild, size_label
 
 from mawex.cluster import LocalCluster, Proc
@@ -184,35 +184,22 @@ class Http:
 
     async def send(self, method: str, path: str, body: bytes | None = None) -> None:
         """Write a request (connecting first if needed); :meth:`response` reads its answer."""
-        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
-            method.encode(),
-            path.encode(),
-            self._host_header,
-        )
-        if body is not None:
-            head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
         await self.connect()
         assert self._streams is not None
-        self._streams[1].write(head + b"\r\n" + (body or b""))
+        self._streams[1].write(http_request(method, path, self._host_header, body))
 
     async def response(self, timeout: float) -> tuple[int, bytes]:
         assert self._streams is not None, "send() first"
         reader = self._streams[0]
         try:
             async with asyncio.timeout(timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-                lower = head.lower()
-                at = lower.find(b"\r\ncontent-length:")
-                if at < 0:
-                    raise RuntimeError(f"no content-length in {head!r}")
-                end = lower.index(b"\r\n", at + 2)
-                content = await reader.readexactly(int(lower[at + 17 : end]))
+                status, content, closing = await read_http_response(reader)
         except BaseException:
             self.close()
             raise
-        if b"\r\nconnection: close" in lower:
+        if closing:
             self.close()
-        return int(head[9:12]), content
+        return status, content
 
     def close(self) -> None:
         if self._streams is not None:

@@ -45,7 +45,16 @@ from typing import Any, Protocol
 
 import httpx
 import msgspec
-from _common import JournalSetup, Proc, Processes, free_port, git_describe, percentile
+from _common import (
+    JournalSetup,
+    Proc,
+    Processes,
+    free_port,
+    git_describe,
+    http_request,
+    percentile,
+    read_http_response,
+)
 
 import mawex
 
@@ -142,14 +151,7 @@ class RawHttp:
     async def request(
         self, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
     ) -> tuple[int, bytes]:
-        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
-            method.encode(),
-            path.encode(),
-            self._host_header,
-        )
-        if body is not None:
-            head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-        data = head + b"\r\n" + (body or b"")
+        data = http_request(method, path, self._host_header, body)
         async with self._slots:
             try:
                 return await self._exchange(data, timeout, fresh=False)
@@ -161,18 +163,11 @@ class RawHttp:
         try:
             writer.write(data)
             async with asyncio.timeout(timeout):
-                response = await reader.readuntil(b"\r\n\r\n")
-                status = int(response[9:12])
-                lower = response.lower()
-                at = lower.find(b"\r\ncontent-length:")
-                if at < 0:
-                    raise RuntimeError(f"no content-length in {response!r}")
-                end = lower.index(b"\r\n", at + 2)
-                content = await reader.readexactly(int(lower[at + 17 : end]))
+                status, content, closing = await read_http_response(reader)
         except BaseException:
             writer.close()
             raise
-        if b"\r\nconnection: close" in lower:
+        if closing:
             writer.close()
         else:
             self._idle.append((reader, writer, time.monotonic()))
