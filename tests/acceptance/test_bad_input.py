@@ -111,6 +111,9 @@ CASES: list[tuple[str, str, str, Any, int, str]] = [
     ("get: bad wait", "GET", "/v1/tasks/g/good-1?wait=forever", None, 400, "invalid"),
     ("cancel: unknown task", "DELETE", "/v1/tasks/g/nope", None, 404, "not_found"),
     ("cancel: bad id", "DELETE", "/v1/tasks/g/a%20b", None, 400, "invalid"),
+    ("submit: wrong method", "PUT", "/v1/tasks", GOOD, 405, "method_not_allowed"),
+    ("task: wrong method", "POST", "/v1/tasks/g/good-1", GOOD, 405, "method_not_allowed"),
+    ("submit: bad wait", "POST", "/v1/tasks?wait=-1", _task(id="x-1"), 400, "invalid"),
     ("results: negative from", "GET", "/v1/results?from=-1", None, 400, "invalid"),
     ("results: from not a number", "GET", "/v1/results?from=abc", None, 400, "invalid"),
     ("results: limit 0", "GET", "/v1/results?limit=0", None, 400, "invalid"),
@@ -168,6 +171,8 @@ def test_bad_http_input_is_rejected_clearly_and_changes_nothing(cluster: LocalCl
                     and isinstance(answer.get("detail"), str)
                     and len(answer["detail"]) > 5
                 )
+                if status == 405 and not response.headers.get("allow"):
+                    clear = False  # a 405 names the methods the endpoint takes
                 if not clear:
                     problems.append(f"{what}: {response.status_code} {response.text[:200]!r}")
             # nothing of the rejected batches was accepted

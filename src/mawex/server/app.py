@@ -88,13 +88,6 @@ def _with_status(send: Send, status: int) -> Send:
     return send_with_status
 
 
-async def _task(request: Request) -> Response:
-    """One route for both methods, so a 405 on the path lists both in ``Allow``."""
-    if request.method == "DELETE":
-        return await tasks.cancel_task(request)
-    return await tasks.get_task(request)
-
-
 async def _websocket_only(request: Request) -> Response:
     """A plain HTTP request to a WebSocket endpoint: ``426`` (other methods get ``405``)."""
     error = Rejected("this endpoint is a WebSocket: send the handshake (Upgrade: websocket)")
@@ -161,9 +154,7 @@ def create_app(
     if token and worker_token and token == worker_token:
         raise ConfigError("the worker token must differ from the client token")
     routes = [
-        Route("/v1/tasks", tasks.submit, methods=["POST"]),
         Route("/v1/tasks/batch", tasks.submit_batch, methods=["POST"]),
-        Route("/v1/tasks/{group}/{id}", _task, methods=["GET", "DELETE"]),
         Route("/v1/state", tasks.state, methods=["GET"]),
         Route("/v1/results", results.results, methods=["GET"]),
         WebSocketRoute("/v1/results/stream", results.stream),
@@ -183,7 +174,7 @@ def create_app(
     app.state.api_limits = api_limits = api_limits or ApiLimits()
     app.state.net_limits = net_limits = net_limits or NetLimits()
     guarded: ASGIApp = RequestGuard(
-        StrictQuery(app),
+        StrictQuery(tasks.TaskEndpoints(app, engine, api_limits)),
         max_body=api_limits.max_body,
         body_timeout=net_limits.body_timeout,
         max_websockets=net_limits.max_connections,

@@ -1,18 +1,132 @@
-"""``/v1/tasks`` handlers and ``/v1/state``."""
+"""The ``/v1/tasks`` endpoints and ``/v1/state``.
+
+:class:`TaskEndpoints` answers what clients call once per task, ``POST /v1/tasks``
+and ``GET``/``DELETE /v1/tasks/{group}/{id}``, as plain ASGI in front of the
+router: these requests build no request, response or routing objects, which is
+most of what a request costs besides the engine. Everything else goes on to the
+Starlette app; ``POST /v1/tasks/batch`` and ``GET /v1/state`` are its handlers here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mawex.errors import MawexError, Rejected
 from mawex.master.engine import Engine
 from mawex.model import check_id, check_name
-from mawex.server.responses import json_response
+from mawex.server.responses import json_body, json_response
 from mawex.wire import api
 
 MAX_WAIT_S = 60.0
+SUBMIT_PATH = "/v1/tasks"
+TASK_PREFIX = "/v1/tasks/"
+_JSON = (b"content-type", b"application/json")
+
+
+class MethodNotAllowed(Rejected):
+    """This endpoint does not take that method."""
+
+    code = "method_not_allowed"
+    status = 405
+
+    def __init__(self, allow: str) -> None:
+        super().__init__(f"this endpoint takes {allow}")
+        self.allow = allow
+
+
+class TaskEndpoints:
+    """``POST /v1/tasks``, ``GET``/``HEAD``/``DELETE /v1/tasks/{group}/{id}``; the rest: ``app``.
+
+    The request body arrives whole (:class:`~mawex.server.limits.RequestGuard` reads
+    it first) and the query's names are checked (``StrictQuery``). A
+    :class:`~mawex.errors.MawexError` becomes its JSON error; any other exception
+    goes to the server, which answers ``500``.
+    """
+
+    #: What this answers, as ``(path, method)`` (the router has no routes for them).
+    ROUTES = frozenset(
+        {
+            (SUBMIT_PATH, "POST"),
+            ("/v1/tasks/{group}/{id}", "GET"),
+            ("/v1/tasks/{group}/{id}", "DELETE"),
+        }
+    )
+
+    def __init__(self, app: ASGIApp, engine: Engine, limits: api.ApiLimits) -> None:
+        self.app = app
+        self.engine = engine
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path == SUBMIT_PATH:
+                await self._answer(self._submit(scope, receive), scope, send)
+                return
+            if path.startswith(TASK_PREFIX):
+                group, slash, id = path[len(TASK_PREFIX) :].partition("/")
+                if slash and group and id and "/" not in id:
+                    await self._answer(self._task(scope, group, id), scope, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, handler: Any, scope: Scope, send: Send) -> None:
+        headers = [_JSON]
+        try:
+            status, body = await handler
+        except MawexError as exc:
+            status, body = exc.status, exc.to_body()
+            if isinstance(exc, MethodNotAllowed):
+                headers.append((b"allow", exc.allow.encode()))
+        content = json_body(body)
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("POST")
+        engine = self.engine
+        wait = _wait(scope)
+        engine._require_leader()
+        message = await receive()
+        task = api.parse_task(message.get("body", b""), self.limits)
+        duplicate = await engine.submit(task)
+        body: dict[str, Any] = {
+            "id": task.id,
+            "group": task.group,
+            "status": "accepted",
+            "duplicate": duplicate,
+        }
+        if wait > 0:  # submit and wait: the task as it is once terminal, or after ``wait``
+            body["task"] = await engine.wait_terminal(task.group, task.id, wait)
+        return 202, body
+
+    async def _task(self, scope: Scope, group: str, id: str) -> tuple[int, dict[str, Any]]:
+        method = scope["method"]
+        if method not in ("GET", "HEAD", "DELETE"):
+            raise MethodNotAllowed("GET, HEAD, DELETE")
+        group, id = check_name(group, "group"), check_id(id)
+        if method == "DELETE":
+            return 200, await self.engine.cancel(group, id)
+        wait = _wait(scope)
+        if wait > 0:
+            return 200, await self.engine.wait_terminal(group, id, wait)
+        return 200, self.engine.get(group, id)
+
+
+def _wait(scope: Scope) -> float:
+    """The ``wait`` query parameter in seconds (0 without one)."""
+    query: bytes = scope.get("query_string", b"")
+    if not query:
+        return 0.0
+    params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    return api.parse_seconds(params.get("wait"), "wait", MAX_WAIT_S)
 
 
 def _engine(request: Request) -> Engine:
@@ -20,57 +134,16 @@ def _engine(request: Request) -> Engine:
     return engine
 
 
-def _limits(request: Request) -> api.ApiLimits:
-    limits: api.ApiLimits = request.app.state.api_limits
-    return limits
-
-
-async def submit(request: Request) -> Response:
-    engine = _engine(request)
-    wait = api.parse_seconds(request.query_params.get("wait"), "wait", MAX_WAIT_S)
-    engine._require_leader()
-    task = api.parse_task(await request.body(), _limits(request))
-    duplicate = await engine.submit(task)
-    body: dict[str, Any] = {
-        "id": task.id,
-        "group": task.group,
-        "status": "accepted",
-        "duplicate": duplicate,
-    }
-    if wait > 0:  # submit and wait: the task as it is once terminal, or after ``wait``
-        body["task"] = await engine.wait_terminal(task.group, task.id, wait)
-    return json_response(body, 202)
-
-
 async def submit_batch(request: Request) -> Response:
     engine = _engine(request)
     engine._require_leader()
-    tasks = api.parse_batch(await request.body(), _limits(request))
+    limits: api.ApiLimits = request.app.state.api_limits
+    tasks = api.parse_batch(await request.body(), limits)
     accepted, duplicates = await engine.submit_batch(tasks)
     body: dict[str, Any] = {"accepted": accepted, "duplicates": len(duplicates)}
     if api.parse_flag(request.query_params.get("duplicate_indexes"), "duplicate_indexes"):
         body["duplicate_indexes"] = duplicates
     return json_response(body, 202)
-
-
-def _key(request: Request) -> tuple[str, str]:
-    group = check_name(request.path_params["group"], "group")
-    id = check_id(request.path_params["id"])
-    return group, id
-
-
-async def get_task(request: Request) -> Response:
-    group, id = _key(request)
-    wait = api.parse_seconds(request.query_params.get("wait"), "wait", MAX_WAIT_S)
-    engine = _engine(request)
-    if wait > 0:
-        return json_response(await engine.wait_terminal(group, id, wait))
-    return json_response(engine.get(group, id))
-
-
-async def cancel_task(request: Request) -> Response:
-    group, id = _key(request)
-    return json_response(await _engine(request).cancel(group, id))
 
 
 async def state(request: Request) -> Response:
