@@ -1,11 +1,12 @@
-"""A lean HTTP/1.1 keep-alive client for :class:`mawex.AsyncClient`'s requests.
+"""Lean HTTP/1.1 keep-alive clients for :class:`mawex.AsyncClient` and :class:`mawex.Client`.
 
-The client talks to masters only: small JSON requests and responses over a few
+The clients talk to masters only: small JSON requests and responses over a few
 long-lived connections. httpx's generality costs several hundred microseconds of
 CPU per request, more than the master spends on a task; this module does the
-same job on asyncio protocols with httptools' C parser, and hands the flows the
-same ``httpx.Response`` objects and ``httpx.RequestError`` subclasses, so the
-retry and failover logic in :mod:`mawex.client._base` is shared by both paths.
+same job with httptools' C parser, on asyncio protocols (:class:`LeanHttp`) or on
+blocking sockets (:class:`LeanHttpSync`), and hands the flows the same
+``httpx.Response`` objects and ``httpx.RequestError`` subclasses, so the retry and
+failover logic in :mod:`mawex.client._base` is shared by every path.
 
 A connection carries one request at a time. A request that fails on a reused
 connection before any byte of its response arrived is sent again once on a new
@@ -16,7 +17,10 @@ mawex request is idempotent, so this is safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlencode, urlsplit
@@ -26,6 +30,8 @@ import httpx
 
 #: Connections kept per master; more requests in flight wait for one.
 MAX_CONNECTIONS = 32
+#: Bytes asked of a blocking socket at a time.
+READ_SIZE = 65536
 
 
 class _Origin:
@@ -40,20 +46,53 @@ class _Origin:
         self.loop = asyncio.get_running_loop()
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; :meth:`roundtrip` sends a request and reads its response."""
+class _ResponseParts:
+    """httptools' callbacks, collecting the response being read on a connection."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
         self.closed = False
         #: Responses read on it so far: a failure on a reused connection may be a stale one.
         self.served = 0
-        self._waiter: asyncio.Future[None] | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._started = False
         self._keep_alive = False
+        self._complete = False
+
+    def _expect_response(self) -> httptools.HttpResponseParser:
+        self._parser = parser = httptools.HttpResponseParser(self)
+        self._headers, self._body = [], []
+        self._started = self._keep_alive = self._complete = False
+        return parser
+
+    def _response(
+        self, parser: httptools.HttpResponseParser
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        self.served += 1
+        return parser.get_status_code(), self._headers, b"".join(self._body), self._keep_alive
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # asked here: once the message is complete the parser has reset this flag
+        self._keep_alive = self._parser is not None and self._parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+
+class _Connection(_ResponseParts, asyncio.Protocol):
+    """One keep-alive connection; :meth:`roundtrip` sends a request and reads its response."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol --
 
@@ -81,19 +120,8 @@ class _Connection(asyncio.Protocol):
             )
             self._waiter.set_exception(error)
 
-    # -- httptools callbacks --
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        # asked here: once the message is complete the parser has reset this flag
-        self._keep_alive = self._parser is not None and self._parser.should_keep_alive()
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
     def on_message_complete(self) -> None:
+        self._complete = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -107,8 +135,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        self._parser = parser = httptools.HttpResponseParser(self)
-        self._headers, self._body, self._started, self._keep_alive = [], [], False, False
+        parser = self._expect_response()
         self.transport.write(data)
         try:
             async with asyncio.timeout(read_timeout):
@@ -119,13 +146,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
             self._parser = None
-        self.served += 1
-        return (
-            parser.get_status_code(),
-            self._headers,
-            b"".join(self._body),
-            self._keep_alive,
-        )
+        return self._response(parser)
 
     def _fail(self, error: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -188,6 +209,38 @@ class LeanResponse(httpx.Response):
         self._request = value
 
 
+Origin = tuple[str, str, int]
+
+
+def _prepare(
+    method: str,
+    url: str,
+    params: Mapping[str, str] | None,
+    content: bytes | None,
+    head: str,
+    headers: Mapping[str, str] | None,
+) -> tuple[Origin, str, bytes]:
+    """The origin (scheme, host, port), the full URL and the bytes of one request."""
+    if params:
+        url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    host = parts.hostname or ""
+    if scheme not in ("http", "https") or not host:
+        raise _named(httpx.UnsupportedProtocol(f"cannot request {url!r}"), method, url)
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = parts.path or "/"
+    if parts.query:
+        target = f"{target}?{parts.query}"
+    body = content or b""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    data = (
+        f"{method} {target} HTTP/1.1\r\nhost: {parts.netloc}\r\n{head}{extra}"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode("latin-1") + body
+    return (scheme, host, port), url, data
+
+
 class LeanHttp:
     """Requests to masters over pooled HTTP/1.1 connections, answering ``httpx.Response``.
 
@@ -210,7 +263,7 @@ class LeanHttp:
         #: Used by requests that give no timeout of their own.
         self.timeout = timeout or httpx.Timeout(10.0)
         self._max = max_connections
-        self._origins: dict[tuple[str, str, int], _Origin] = {}
+        self._origins: dict[Origin, _Origin] = {}
         #: True once :meth:`aclose` was called.
         self.is_closed = False
 
@@ -225,27 +278,10 @@ class LeanHttp:
         timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
         """Send one request and read its whole response; raises ``httpx.RequestError``."""
-        if params:
-            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         if self.is_closed:
             raise _named(httpx.ConnectError("the client is closed"), method, url)
-        parts = urlsplit(url)
-        scheme = parts.scheme
-        host = parts.hostname or ""
-        if scheme not in ("http", "https") or not host:
-            raise _named(httpx.UnsupportedProtocol(f"cannot request {url!r}"), method, url)
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = parts.path or "/"
-        if parts.query:
-            target = f"{target}?{parts.query}"
-        body = content or b""
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        data = (
-            f"{method} {target} HTTP/1.1\r\nhost: {parts.netloc}\r\n{self._head}{extra}"
-            f"content-length: {len(body)}\r\n\r\n"
-        ).encode("latin-1") + body
+        key, url, data = _prepare(method, url, params, content, self._head, headers)
         limits = timeout or self.timeout
-        key = (scheme, host, port)
         origin = self._origins.get(key)
         if origin is None or origin.loop is not asyncio.get_running_loop():
             # (a client used from a new event loop cannot reuse the old loop's sockets)
@@ -286,9 +322,7 @@ class LeanHttp:
         finally:
             origin.slots.release()
 
-    async def _connection(
-        self, origin: _Origin, key: tuple[str, str, int], limits: httpx.Timeout
-    ) -> _Connection:
+    async def _connection(self, origin: _Origin, key: Origin, limits: httpx.Timeout) -> _Connection:
         while origin.idle:
             connection = origin.idle.pop()
             if not connection.closed:
@@ -314,3 +348,163 @@ class LeanHttp:
             for connection in origin.idle:
                 connection.close()
             origin.idle.clear()
+
+
+# -- blocking ------------------------------------------------------------------------------
+
+
+class _BlockingConnection(_ResponseParts):
+    """One keep-alive connection on a blocking socket, used by one thread at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def roundtrip(
+        self, data: bytes, limits: httpx.Timeout
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        """Send ``data`` (a whole request); the response's status, headers, body and
+        whether the connection may carry another request."""
+        sock = self.sock
+        parser = self._expect_response()
+        try:
+            sock.settimeout(limits.write)
+            sock.sendall(data)
+        except TimeoutError:
+            self.close()
+            raise httpx.WriteTimeout("timed out sending the request") from None
+        except OSError as exc:  # the server closed it (a reused connection: sent again)
+            raise self._closed_early(str(exc) or type(exc).__name__) from None
+        try:
+            sock.settimeout(limits.read)
+            while not self._complete:
+                chunk = sock.recv(READ_SIZE)
+                if not chunk:
+                    raise self._closed_early("the server closed the connection")
+                self._started = True
+                parser.feed_data(chunk)
+        except TimeoutError:
+            self.close()
+            raise httpx.ReadTimeout("timed out waiting for the master's response") from None
+        except httptools.HttpParserError as exc:
+            self.close()
+            raise httpx.RemoteProtocolError(f"malformed HTTP response: {exc}") from None
+        except OSError as exc:  # reset, broken pipe, TLS errors
+            raise self._closed_early(str(exc) or type(exc).__name__) from None
+        finally:
+            self._parser = None
+        return self._response(parser)
+
+    def _closed_early(self, message: str) -> httpx.RequestError:
+        self.close()
+        return httpx.RemoteProtocolError(message) if self._started else _StaleConnection(message)
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class LeanHttpSync:
+    """:class:`LeanHttp` on blocking sockets, for :class:`mawex.Client`; safe to share
+    between threads (each request has a connection to itself)."""
+
+    def __init__(
+        self,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: httpx.Timeout | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        #: Sent with every request.
+        self.headers = dict(headers or {})
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        self._ssl = ssl_context
+        #: Used by requests that give no timeout of their own.
+        self.timeout = timeout or httpx.Timeout(10.0)
+        self._max = max_connections
+        self._lock = threading.Lock()
+        self._idle: dict[Origin, list[_BlockingConnection]] = {}
+        self._slots: dict[Origin, threading.BoundedSemaphore] = {}
+        #: True once :meth:`close` was called.
+        self.is_closed = False
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """Send one request and read its whole response; raises ``httpx.RequestError``."""
+        if self.is_closed:
+            raise _named(httpx.ConnectError("the client is closed"), method, url)
+        key, url, data = _prepare(method, url, params, content, self._head, headers)
+        limits = timeout or self.timeout
+        with self._lock:
+            slots = self._slots.get(key)
+            if slots is None:
+                slots = self._slots[key] = threading.BoundedSemaphore(self._max)
+        if not slots.acquire(timeout=limits.pool):
+            raise _named(httpx.PoolTimeout("no free connection to the master"), method, url)
+        try:
+            for attempt in range(2):
+                connection = self._connection(key, limits)
+                try:
+                    status, raw_headers, payload, keep = connection.roundtrip(data, limits)
+                except _StaleConnection:
+                    if connection.served and attempt == 0:
+                        continue
+                    raise
+                if keep and not connection.closed and not self.is_closed:
+                    with self._lock:
+                        self._idle.setdefault(key, []).append(connection)
+                else:
+                    connection.close()
+                return LeanResponse(status, raw_headers, payload, method, url)
+            raise AssertionError("unreachable")  # pragma: no cover
+        except httpx.RequestError as exc:
+            _named(exc, method, url)
+            raise
+        finally:
+            slots.release()
+
+    def _connection(self, key: Origin, limits: httpx.Timeout) -> _BlockingConnection:
+        with self._lock:
+            idle = self._idle.get(key)
+            while idle:
+                connection = idle.pop()
+                if not connection.closed:
+                    return connection
+        scheme, host, port = key
+        try:
+            sock = socket.create_connection((host, port), timeout=limits.connect)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                context = self._ssl or ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=host)
+        except TimeoutError:
+            sock.close()
+            raise httpx.ConnectTimeout(f"TLS handshake with {host}:{port} timed out") from None
+        except (OSError, ssl.SSLError) as exc:
+            sock.close()
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
+        return _BlockingConnection(sock)
+
+    def close(self) -> None:
+        """Close every idle connection; later requests fail."""
+        self.is_closed = True
+        with self._lock:
+            idle = [c for connections in self._idle.values() for c in connections]
+            self._idle.clear()
+        for connection in idle:
+            connection.close()

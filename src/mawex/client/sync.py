@@ -1,4 +1,9 @@
-"""The blocking client: drives the flows of :mod:`mawex.client._base` over ``httpx.Client``."""
+"""The blocking client: drives the flows of :mod:`mawex.client._base` over blocking sockets.
+
+Requests go over :class:`mawex.client._http.LeanHttpSync`, a thread-safe keep-alive
+pool on blocking sockets, or over ``httpx.Client`` when the caller hands in an httpx
+``transport``.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from mawex.client._base import (
     submission,
     take_batch,
 )
+from mawex.client._http import LeanHttpSync
 from mawex.errors import MawexError
 from mawex.model import ResultEvent, TaskResult
 
@@ -72,9 +78,16 @@ class Client:
         failover_timeout: float = FAILOVER_TIMEOUT,
     ) -> None:
         self._core = ClientCore(masters, timeout=timeout, failover_timeout=failover_timeout)
-        self._http = httpx.Client(
-            transport=transport, **http_options(token=token, ca=ca, timeout=timeout)
-        )
+        options = http_options(token=token, ca=ca, timeout=timeout)
+        self._http: LeanHttpSync | httpx.Client
+        if transport is None:
+            self._http = LeanHttpSync(
+                headers=options["headers"],
+                ssl_context=options.get("verify"),
+                timeout=options["timeout"],
+            )
+        else:
+            self._http = httpx.Client(transport=transport, **options)
         #: Submissions of other threads waiting for the one in flight, in call order.
         self._waiting: deque[tuple[Submission, _Waiter]] = deque()
         self._lock = threading.Lock()
@@ -279,13 +292,23 @@ class Client:
         if isinstance(action, Sleep):
             self._sleep(action.seconds)
             return None
+        headers = {"content-type": "application/json"} if action.content else None
         try:
+            if isinstance(self._http, LeanHttpSync):
+                return self._http.request(
+                    action.method,
+                    action.url,
+                    params=action.params,
+                    content=action.content,
+                    headers=headers,
+                    timeout=action.timeout,
+                )
             return self._http.request(
                 action.method,
                 action.url,
                 params=action.params,
                 content=action.content,
-                headers={"content-type": "application/json"} if action.content else None,
+                headers=headers,
                 timeout=action.timeout or httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.RequestError as exc:

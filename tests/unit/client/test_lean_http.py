@@ -1,7 +1,9 @@
-"""The async client's HTTP/1.1 connection pool against real sockets on 127.0.0.1.
+"""The clients' HTTP/1.1 connection pools against real sockets on 127.0.0.1.
 
 Each test runs a small asyncio HTTP server that answers as scripted and records
-the connections and requests it saw.
+the connections and requests it saw, and runs once with the asyncio pool
+(``AsyncClient``'s) and once with the blocking one (``Client``'s, called from a
+thread so that the server keeps running).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
 import trustme
 
-from mawex.client._http import LeanHttp
+from mawex.client._http import LeanHttp, LeanHttpSync
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -86,14 +89,42 @@ async def serve(answer: Answer, context: ssl.SSLContext | None = None) -> AsyncI
         await listener.wait_closed()
 
 
+class Pool:
+    """:class:`LeanHttp` or :class:`LeanHttpSync` behind the asyncio pool's interface."""
+
+    def __init__(self, http: LeanHttp | LeanHttpSync) -> None:
+        self.http = http
+
+    async def request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        if isinstance(self.http, LeanHttp):
+            return await self.http.request(method, url, **options)
+        return await asyncio.to_thread(self.http.request, method, url, **options)
+
+    async def aclose(self) -> None:
+        if isinstance(self.http, LeanHttp):
+            await self.http.aclose()
+        else:
+            self.http.close()
+
+
+MakePool = Callable[..., Pool]
+
+
+@pytest.fixture(params=["asyncio", "blocking"])
+def make(request: pytest.FixtureRequest) -> MakePool:
+    """Makes a pool of the kind under test with the given options."""
+    kind = LeanHttp if request.param == "asyncio" else LeanHttpSync
+    return lambda **options: Pool(kind(**options))
+
+
 async def always_ok(request: bytes, writer: asyncio.StreamWriter) -> bool:
     writer.write(ok())
     return True
 
 
-async def test_sequential_requests_share_one_connection() -> None:
+async def test_sequential_requests_share_one_connection(make: MakePool) -> None:
     async with serve(always_ok) as server:
-        http = LeanHttp(headers={"authorization": "Bearer s3cret"})
+        http = make(headers={"authorization": "Bearer s3cret"})
         for i in range(5):
             response = await http.request(
                 "POST",
@@ -114,14 +145,14 @@ async def test_sequential_requests_share_one_connection() -> None:
     assert first.endswith(b'\r\n\r\n{"x":1}')
 
 
-async def test_concurrent_requests_use_at_most_the_pool_size() -> None:
+async def test_concurrent_requests_use_at_most_the_pool_size(make: MakePool) -> None:
     async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(0.02)
         writer.write(ok())
         return True
 
     async with serve(slow) as server:
-        http = LeanHttp(max_connections=3)
+        http = make(max_connections=3)
         responses = await asyncio.gather(
             *(http.request("GET", f"{server.url}/v1/state") for _ in range(12))
         )
@@ -130,7 +161,7 @@ async def test_concurrent_requests_use_at_most_the_pool_size() -> None:
     assert server.connections == 3
 
 
-async def test_chunked_response_is_decoded() -> None:
+async def test_chunked_response_is_decoded(make: MakePool) -> None:
     async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -139,7 +170,7 @@ async def test_chunked_response_is_decoded() -> None:
         return True
 
     async with serve(chunked) as server:
-        http = LeanHttp()
+        http = make()
         response = await http.request("GET", f"{server.url}/x")
         again = await http.request("GET", f"{server.url}/x")
         await http.aclose()
@@ -147,13 +178,13 @@ async def test_chunked_response_is_decoded() -> None:
     assert server.connections == 1
 
 
-async def test_a_connection_closed_while_idle_is_replaced_once() -> None:
+async def test_a_connection_closed_while_idle_is_replaced_once(make: MakePool) -> None:
     async def one_per_connection(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(ok())  # keep-alive promised, then the server closes it anyway
         return False
 
     async with serve(one_per_connection) as server:
-        http = LeanHttp()
+        http = make()
         first = await http.request("GET", f"{server.url}/a")
         await asyncio.sleep(0.05)  # the close reaches the client while idle
         second = await http.request("GET", f"{server.url}/b")
@@ -163,7 +194,7 @@ async def test_a_connection_closed_while_idle_is_replaced_once() -> None:
     assert [r.split(b" ")[1] for r in server.requests] == [b"/a", b"/b"]
 
 
-async def test_a_stale_connection_noticed_only_on_write_is_retried() -> None:
+async def test_a_stale_connection_noticed_only_on_write_is_retried(make: MakePool) -> None:
     served: list[asyncio.StreamWriter] = []
 
     async def remember(request: bytes, writer: asyncio.StreamWriter) -> bool:
@@ -172,7 +203,7 @@ async def test_a_stale_connection_noticed_only_on_write_is_retried() -> None:
         return True
 
     async with serve(remember) as server:
-        http = LeanHttp()
+        http = make()
         await http.request("GET", f"{server.url}/a")
         # the server drops the idle connection; the client has not read the EOF yet
         served[0].transport.abort()
@@ -182,30 +213,30 @@ async def test_a_stale_connection_noticed_only_on_write_is_retried() -> None:
     assert server.connections == 2
 
 
-async def test_connection_close_is_honoured() -> None:
+async def test_connection_close_is_honoured(make: MakePool) -> None:
     async def closing(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(ok(extra=b"connection: close\r\n"))
         return False
 
     async with serve(closing) as server:
-        http = LeanHttp()
+        http = make()
         for _ in range(3):
             assert (await http.request("GET", f"{server.url}/")).status_code == 200
         await http.aclose()
     assert server.connections == 3
 
 
-async def test_refused_connection_is_a_connect_error() -> None:
+async def test_refused_connection_is_a_connect_error(make: MakePool) -> None:
     async with serve(always_ok) as server:
         url = server.url
-    http = LeanHttp()
+    http = make()
     with pytest.raises(httpx.ConnectError) as caught:
         await http.request("GET", f"{url}/v1/state")
     assert caught.value.request.url.path == "/v1/state"
     await http.aclose()
 
 
-async def test_slow_answer_is_a_read_timeout_and_the_connection_is_dropped() -> None:
+async def test_slow_answer_is_a_read_timeout_and_the_connection_is_dropped(make: MakePool) -> None:
     async def stall_first(request: bytes, writer: asyncio.StreamWriter) -> bool:
         if b"/slow" in request.split(b"\r\n")[0]:
             await asyncio.sleep(5)
@@ -213,7 +244,7 @@ async def test_slow_answer_is_a_read_timeout_and_the_connection_is_dropped() -> 
         return True
 
     async with serve(stall_first) as server:
-        http = LeanHttp()
+        http = make()
         with pytest.raises(httpx.ReadTimeout):
             await http.request("GET", f"{server.url}/slow", timeout=httpx.Timeout(0.1))
         fast = await http.request("GET", f"{server.url}/fast")
@@ -222,49 +253,49 @@ async def test_slow_answer_is_a_read_timeout_and_the_connection_is_dropped() -> 
     assert server.connections == 2  # the late answer can never be read as /fast's
 
 
-async def test_a_response_cut_short_is_a_protocol_error_and_not_resent() -> None:
+async def test_a_response_cut_short_is_a_protocol_error_and_not_resent(make: MakePool) -> None:
     async def cut(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial')
         return False
 
     async with serve(cut) as server:
-        http = LeanHttp()
+        http = make()
         with pytest.raises(httpx.RemoteProtocolError):
             await http.request("POST", f"{server.url}/v1/tasks", content=b"{}")
         await http.aclose()
     assert len(server.requests) == 1
 
 
-async def test_garbage_is_a_protocol_error() -> None:
+async def test_garbage_is_a_protocol_error(make: MakePool) -> None:
     async def garbage(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"SMTP ready\r\n\r\n")
         return True
 
     async with serve(garbage) as server:
-        http = LeanHttp()
+        http = make()
         with pytest.raises(httpx.RemoteProtocolError):
             await http.request("GET", f"{server.url}/")
         await http.aclose()
 
 
-async def test_unsupported_url_is_refused() -> None:
-    http = LeanHttp()
+async def test_unsupported_url_is_refused(make: MakePool) -> None:
+    http = make()
     with pytest.raises(httpx.UnsupportedProtocol):
         await http.request("GET", "ftp://127.0.0.1/x")
 
 
-async def test_https_with_a_private_ca() -> None:
+async def test_https_with_a_private_ca(make: MakePool) -> None:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     trusted = ssl.create_default_context()
     ca.configure_trust(trusted)
     async with serve(always_ok, server_context) as server:
-        http = LeanHttp(ssl_context=trusted)
+        http = make(ssl_context=trusted)
         assert (await http.request("GET", f"{server.url}/")).json() == {"ok": True}
         assert (await http.request("GET", f"{server.url}/")).status_code == 200
         await http.aclose()
-        untrusting = LeanHttp(ssl_context=ssl.create_default_context())
+        untrusting = make(ssl_context=ssl.create_default_context())
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await untrusting.request("GET", f"{server.url}/")
     assert server.connections == 1
@@ -284,9 +315,9 @@ def test_on_uvloop() -> None:
     assert uvloop.run(main()) == ([200, 200, 200], 1)
 
 
-async def test_a_response_reads_like_any_httpx_response() -> None:
+async def test_a_response_reads_like_any_httpx_response(make: MakePool) -> None:
     async with serve(always_ok) as server:
-        http = LeanHttp()
+        http = make()
         response = await http.request("GET", f"{server.url}/v1/state", params={"a": "1"})
         await http.aclose()
     assert isinstance(response, httpx.Response)
