@@ -18,14 +18,17 @@ from mawex.wire import worker as wire
 
 
 def _eligible(state: MasterState, group: str, taken: set[str]) -> WorkerInfo | None:
-    best: WorkerInfo | None = None
-    for worker_id in state.idle.get(group, ()):
-        worker = state.workers[worker_id]
-        if worker.pod in taken or state.pod_busy(worker.pod):
-            continue
-        if best is None or (worker.last_used, worker.id) < (best.last_used, best.id):
-            best = worker
-    return best
+    idle = state.idle.get(group)
+    if not idle:
+        return None
+    workers = state.workers
+
+    def pod_free(worker_id: str) -> bool:
+        pod = workers[worker_id].pod
+        return pod not in taken and not state.pod_busy(pod)
+
+    worker_id = idle.least_recently_used(pod_free)
+    return None if worker_id is None else workers[worker_id]
 
 
 def dispatch(state: MasterState, now: float) -> int:

@@ -17,6 +17,7 @@ import gc
 import heapq
 import operator
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,59 @@ class PendingQueue:
         return None
 
 
+class IdleWorkers:
+    """A group's idle workers, least recently used first (a heap with lazy deletion).
+
+    Finding the next worker costs the stale and passed-over entries it pops, not a
+    scan of every idle worker: dispatch stays cheap with a thousand of them.
+    """
+
+    __slots__ = ("heap", "since")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, str]] = []
+        #: Idle worker id -> its ``last_used`` when it went idle (its live heap entry).
+        self.since: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.since)
+
+    def __contains__(self, worker_id: object) -> bool:
+        return worker_id in self.since
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.since)
+
+    def add(self, worker: WorkerInfo) -> None:
+        if self.since.get(worker.id) == worker.last_used:
+            return
+        self.since[worker.id] = worker.last_used
+        heapq.heappush(self.heap, (worker.last_used, worker.id))
+        if len(self.heap) > 2 * len(self.since) + 64:  # mostly stale entries: rebuild
+            self.heap = sorted((used, id) for id, used in self.since.items())
+
+    def discard(self, worker_id: str) -> None:
+        self.since.pop(worker_id, None)
+
+    def least_recently_used(self, usable: Callable[[str], bool]) -> str | None:
+        """The idle worker with the oldest ``(last_used, id)`` that is ``usable``."""
+        heap, since = self.heap, self.since
+        passed_over: list[tuple[float, str]] = []
+        found = None
+        while heap:
+            used, worker_id = heap[0]
+            if since.get(worker_id) != used:
+                heapq.heappop(heap)  # no longer idle, or idle again since
+            elif usable(worker_id):
+                found = worker_id
+                break
+            else:
+                passed_over.append(heapq.heappop(heap))
+        for entry in passed_over:
+            heapq.heappush(heap, entry)
+        return found
+
+
 @dataclass(slots=True)
 class Counts:
     """Lifetime counters, by event type."""
@@ -181,7 +235,7 @@ class MasterState:
     names: dict[str, str] = field(default_factory=dict)
     # volatile
     workers: dict[str, WorkerInfo] = field(default_factory=dict)
-    idle: dict[str, set[str]] = field(default_factory=dict)
+    idle: dict[str, IdleWorkers] = field(default_factory=dict)
     zombie_pods: Counter[str] = field(default_factory=Counter)
     leader_since: float = 0.0
     outbox: list[ev.Event] = field(default_factory=list)
@@ -278,7 +332,7 @@ class MasterState:
         worker.zombie = False
         worker.last_used = at
         if worker.connected:
-            self.idle.setdefault(worker.group, set()).add(worker.id)
+            self._idle_of(worker.group).add(worker)
 
     def set_worker_task(
         self, worker: WorkerInfo, task: tuple[str, str, int], at: float, zombie: bool = False
@@ -297,7 +351,13 @@ class MasterState:
     def add_worker(self, worker: WorkerInfo) -> None:
         self.workers[worker.id] = worker
         if worker.task is None and worker.connected:
-            self.idle.setdefault(worker.group, set()).add(worker.id)
+            self._idle_of(worker.group).add(worker)
+
+    def _idle_of(self, group: str) -> IdleWorkers:
+        idle = self.idle.get(group)
+        if idle is None:
+            idle = self.idle[group] = IdleWorkers()
+        return idle
 
     def disconnect_worker(self, worker: WorkerInfo, at: float) -> None:
         worker.connected = False

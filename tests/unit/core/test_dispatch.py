@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mawex.core.state import IdleWorkers, WorkerInfo
 from tests.unit.core.helpers import Harness
 
 
@@ -93,3 +96,46 @@ def test_duplicate_submission_is_not_run_twice() -> None:
     h.tick(1)
     assert h.assigned("w1") == [("g", "t1", 1)]
     assert [t for t in h.topic() if t[0] == "completed"] == [("completed", "t1", 1)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["idle", "busy", "pick"]),
+            st.integers(0, 7),  # worker
+            st.integers(0, 3),  # the clock's step
+        ),
+        max_size=200,
+    )
+)
+def test_idle_workers_pick_the_least_recently_used_usable_one(
+    operations: list[tuple[str, int, int]],
+) -> None:
+    """The index answers what a scan of every idle worker would, whatever the history."""
+    idle = IdleWorkers()
+    workers = {
+        i: WorkerInfo(f"w{i}", "g", f"p{i % 3}", "local", True, 0.0, 0.0, 0.0) for i in range(8)
+    }
+    members: set[int] = set()
+    clock = 0.0
+    for operation, i, step in operations:
+        clock += step
+        worker = workers[i]
+        if operation == "idle":
+            worker.last_used = clock
+            idle.add(worker)
+            members.add(i)
+        elif operation == "busy":
+            idle.discard(worker.id)
+            members.discard(i)
+        else:  # pods p{i % 3} and below are busy: pass their workers over
+            usable = {w.id for w in workers.values() if int(w.pod[1:]) > i % 3}
+            expected = min(
+                ((workers[m].last_used, workers[m].id) for m in members if workers[m].id in usable),
+                default=None,
+            )
+            got = idle.least_recently_used(usable.__contains__)
+            assert got == (expected[1] if expected else None)
+        assert sorted(idle) == sorted(workers[m].id for m in members)
+        assert len(idle.heap) <= 2 * len(members) + 65
