@@ -325,12 +325,12 @@ async def test_redis_large_trim_runs_in_chunks(
 
 
 @pytest.mark.parametrize("sync", ["normal", "full"])
-async def test_sqlite_appends_run_on_the_loop_only_without_fsync_and_an_idle_thread(
+async def test_sqlite_small_appends_run_on_the_loop_while_the_thread_is_idle(
     tmp_path: Path, sync: str
 ) -> None:
-    from mawex.journal.sqlite import SQLiteJournal
+    from mawex.journal import sqlite as sqlite_journal
 
-    journal = SQLiteJournal(tmp_path / "j.db", synchronous=sync)  # type: ignore[arg-type]
+    journal = sqlite_journal.SQLiteJournal(tmp_path / "j.db", synchronous=sync)  # type: ignore[arg-type]
     await journal.open()
     threads: list[int] = []
     call = journal._call
@@ -339,14 +339,16 @@ async def test_sqlite_appends_run_on_the_loop_only_without_fsync_and_an_idle_thr
         threads.append(threading.get_ident())
         return call(fn)
 
+    def on_loop() -> bool:
+        return threads[-1] == threading.get_ident()
+
     journal._call = recording  # type: ignore[method-assign]
     try:
         lease = await journal.acquire("a", 10, None)
         assert lease is not None
         threads.clear()
         await journal.append([Record(1, None, 0.0, b"one")], lease.epoch)
-        on_loop = threads[-1] == threading.get_ident()
-        assert on_loop is (sync == "normal")
+        assert on_loop()
 
         # with the thread busy, an append waits its turn there, never beside it
         gate = threading.Event()
@@ -357,11 +359,30 @@ async def test_sqlite_appends_run_on_the_loop_only_without_fsync_and_an_idle_thr
         assert not append.done()
         gate.set()
         await asyncio.gather(slow, append)
-        assert threads[-1] != threading.get_ident()
+        assert not on_loop()
         assert [r.body for r in await journal.read(1, 10)] == [b"one", b"two"]
-        # the thread is idle again: a normal append is back on the loop
+        # the thread is idle again: a small append is back on the loop
         await journal.append([Record(3, None, 0.0, b"three")], lease.epoch)
-        assert (threads[-1] == threading.get_ident()) is (sync == "normal")
+        assert on_loop()
+
+        # a big batch: on the loop only without an fsync
+        batch = [
+            Record(4 + i, None, 0.0, b"x") for i in range(sqlite_journal.INLINE_FSYNC_RECORDS + 1)
+        ]
+        await journal.append(batch, lease.epoch)
+        assert on_loop() is (sync == "normal")
+        # after a slow fsync'd append (a slow disk), small ones go to the thread too,
+        # until one is quick again
+        offset = batch[-1].offset + 1
+        journal._fsync_seconds = sqlite_journal.INLINE_FSYNC_SECONDS
+        await journal.append([Record(offset, None, 0.0, b"y")], lease.epoch)
+        assert on_loop() is (sync == "normal")
+        for extra in range(1, 11):  # (on a loaded disk an fsync may take longer)
+            await journal.append([Record(offset + extra, None, 0.0, b"z")], lease.epoch)
+            if on_loop():
+                break
+        assert on_loop()
+        assert len(await journal.read(1, 100)) == offset + extra
     finally:
         await journal.close()
 

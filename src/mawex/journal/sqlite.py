@@ -1,9 +1,13 @@
 """The SQLite journal: one file, shared by the master processes of one machine.
 
-Blocking calls run on one dedicated thread per journal. The exception is an
-append with ``synchronous=normal`` while that thread is idle: it writes to the
-WAL without an fsync, which takes tens of microseconds, less than handing it to
-the thread and back, so it runs on the event loop. The file is in WAL mode;
+Blocking calls run on one dedicated thread per journal. The exception is a
+small append while that thread is idle: handing it to the thread and back costs
+more than writing it, so it runs on the event loop. With ``synchronous=normal``
+that is every such append (tens of microseconds, no fsync); with ``full``, an
+append of at most :data:`INLINE_FSYNC_RECORDS` records while the last fsync'd
+append took under :data:`INLINE_FSYNC_SECONDS` (a light load on a fast disk: the
+wait for the fsync is short, and under load the batches grow and go back to the
+thread, where the fsync overlaps the loop's work). The file is in WAL mode;
 each write is one ``BEGIN IMMEDIATE`` transaction, which takes SQLite's single
 write lock across processes, so the fence check (the namespace's epoch read
 inside the transaction) and the write are atomic for every process that shares
@@ -49,6 +53,10 @@ _Q: Final = load_queries("sqlite.sql")
 DEFAULT_BUSY_TIMEOUT: Final = 10.0
 #: Records deleted per transaction by :meth:`SQLiteJournal.trim`.
 TRIM_CHUNK: Final = 20_000
+#: An fsync'd append of at most this many records may run on the event loop...
+INLINE_FSYNC_RECORDS: Final = 8
+#: ...while the last fsync'd append took less than this many seconds.
+INLINE_FSYNC_SECONDS: Final = 0.001
 
 
 def _fence(epoch: int, current: int) -> None:
@@ -80,6 +88,8 @@ class SQLiteJournal:
         #: may be used on the loop only when this is 0).
         self._in_thread = 0
         self._in_thread_lock = threading.Lock()
+        #: How long the last fsync'd append took (``synchronous=full``): see _run_append.
+        self._fsync_seconds = 0.0
 
     @classmethod
     def from_url(cls, url: JournalURL, *, namespace: str = "default") -> SQLiteJournal:
@@ -119,10 +129,13 @@ class SQLiteJournal:
         with self._in_thread_lock:
             self._in_thread -= 1
 
-    async def _run_write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Like :meth:`_run`, but on the event loop when no fsync follows and the
-        journal thread is idle (see the module docstring)."""
-        if self.synchronous == "normal" and self._in_thread == 0:
+    async def _run_append(self, fn: Callable[[sqlite3.Connection], _T], records: int) -> _T:
+        """Like :meth:`_run`, but on the event loop when the journal thread is idle
+        and the append is cheap (see the module docstring)."""
+        if self._in_thread == 0 and (
+            self.synchronous == "normal"
+            or (records <= INLINE_FSYNC_RECORDS and self._fsync_seconds < INLINE_FSYNC_SECONDS)
+        ):
             self._require_open()
             return self._call(fn)
         return await self._run(fn)
@@ -178,7 +191,7 @@ class SQLiteJournal:
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 cached_statements=64,
-                # never used by two threads at once: see _run_write
+                # never used by two threads at once: see _run_append
                 check_same_thread=False,
             )
         except sqlite3.Error as e:
@@ -244,7 +257,17 @@ class SQLiteJournal:
                 raise JournalError(f"offset {rows[0][1]} is not the next offset {last + 1}")
             conn.executemany(_Q["insert_record"], rows)
 
-        await self._run_write(lambda conn: self._transaction(conn, write))
+        def timed(conn: sqlite3.Connection) -> None:
+            started = time.perf_counter()
+            try:
+                self._transaction(conn, write)
+            finally:
+                self._fsync_seconds = time.perf_counter() - started
+
+        if self.synchronous == "full":
+            await self._run_append(timed, len(rows))
+        else:
+            await self._run_append(lambda conn: self._transaction(conn, write), len(rows))
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
         if limit <= 0:
