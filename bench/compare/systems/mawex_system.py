@@ -5,8 +5,9 @@ acknowledgement fsync'd, mawex's default), or ``synchronous=normal``, or a fresh
 PostgreSQL database. Workers run the no-op executor ``mawex.examples.demo:echo`` in
 the local sandbox, each process with ``--concurrency`` pods.
 The client is ``mawex.AsyncClient``: single ``submit()`` calls with many in
-flight, results read from the result topic (``client.results()``), round trips
-with ``run()`` (submit and wait in one request, like the peers' blocking gets).
+flight, results read from the result topic (``client.results()``). Round trips use
+the blocking ``mawex.Client.run()`` (submit and wait in one request), one call after
+another from one thread, as the peers' blocking clients are used.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ class Mawex(AsyncSystem):
         return {
             "summary": f"1 master ({journal}), {n} workers x {c} pods",
             "worker": f"{n} x mawex worker {EXECUTOR} --concurrency {c} (local sandbox)",
-            "result": f"AsyncClient: {self.in_flight} submit() in flight, results() follow",
+            "result": (
+                f"AsyncClient: {self.in_flight} submit() in flight, results() follow; "
+                "round trips: Client.run()"
+            ),
             "journal": self.mode,
             "concurrency": c,
             "in_flight": self.in_flight,
@@ -155,15 +159,12 @@ class Mawex(AsyncSystem):
         return seconds
 
     def round_trips(self, count: int, tag: str) -> list[float]:
-        async def go() -> list[float]:
-            client, clock, samples = self._client, time.perf_counter, []
+        clock, samples = time.perf_counter, []
+        with mawex.Client(self.url, timeout=RESULT_TIMEOUT) as client:
             for i in range(count):
                 started = clock()
-                await client.run(GROUP, None, id=f"{tag}-{i}", timeout=RESULT_TIMEOUT)
+                client.run(GROUP, None, id=f"{tag}-{i}", timeout=RESULT_TIMEOUT)
                 samples.append(clock() - started)
-            return samples
-
-        samples: list[float] = self.run(go())
         return samples
 
     def close(self) -> None:

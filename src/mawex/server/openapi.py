@@ -119,7 +119,7 @@ def _components() -> dict[str, Any]:
                 "error": {
                     "type": "string",
                     "description": "Stable code: invalid, unauthorized, not_found, too_large, "
-                    "queue_full, not_leader, journal_error, …",
+                    "queue_full, method_not_allowed, not_leader, journal_error, …",
                 },
                 "detail": {"type": "string", "description": "What went wrong, for people"},
             },
