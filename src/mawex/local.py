@@ -144,6 +144,9 @@ class LocalMaster:
             lifespan="off",
             log_level="warning",
             access_log=False,
+            # nothing reads the client's address: no X-Forwarded-For rewriting per request
+            proxy_headers=False,
+            server_header=False,
             http=guarded_http_protocol(net),
             limit_concurrency=net.max_connections,
             timeout_keep_alive=net.keep_alive_timeout,

@@ -121,7 +121,7 @@ class _Connection(_ResponseParts, asyncio.Protocol):
             self._waiter.set_exception(error)
 
     def on_message_complete(self) -> None:
-        self._complete = True
+        super().on_message_complete()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 

@@ -257,17 +257,15 @@ class SQLiteJournal:
                 raise JournalError(f"offset {rows[0][1]} is not the next offset {last + 1}")
             conn.executemany(_Q["insert_record"], rows)
 
-        def timed(conn: sqlite3.Connection) -> None:
+        def transaction(conn: sqlite3.Connection) -> None:
             started = time.perf_counter()
             try:
                 self._transaction(conn, write)
             finally:
-                self._fsync_seconds = time.perf_counter() - started
+                if self.synchronous == "full":
+                    self._fsync_seconds = time.perf_counter() - started
 
-        if self.synchronous == "full":
-            await self._run_append(timed, len(rows))
-        else:
-            await self._run_append(lambda conn: self._transaction(conn, write), len(rows))
+        await self._run_append(transaction, len(rows))
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
         if limit <= 0:

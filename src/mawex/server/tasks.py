@@ -9,6 +9,7 @@ Starlette app; ``POST /v1/tasks/batch`` and ``GET /v1/state`` are its handlers h
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -66,27 +67,14 @@ class TaskEndpoints:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path == SUBMIT_PATH:
-                await self._answer(self._submit(scope, receive), scope, send)
+                await _answer(self._submit(scope, receive), send)
                 return
             if path.startswith(TASK_PREFIX):
                 group, slash, id = path[len(TASK_PREFIX) :].partition("/")
                 if slash and group and id and "/" not in id:
-                    await self._answer(self._task(scope, group, id), scope, send)
+                    await _answer(self._task(scope, group, id), send)
                     return
         await self.app(scope, receive, send)
-
-    async def _answer(self, handler: Any, scope: Scope, send: Send) -> None:
-        headers = [_JSON]
-        try:
-            status, body = await handler
-        except MawexError as exc:
-            status, body = exc.status, exc.to_body()
-            if isinstance(exc, MethodNotAllowed):
-                headers.append((b"allow", exc.allow.encode()))
-        content = json_body(body)
-        headers.append((b"content-length", str(len(content)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
 
     async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
         if scope["method"] != "POST":
@@ -118,6 +106,21 @@ class TaskEndpoints:
         if wait > 0:
             return 200, await self.engine.wait_terminal(group, id, wait)
         return 200, self.engine.get(group, id)
+
+
+async def _answer(handler: Awaitable[tuple[int, dict[str, Any]]], send: Send) -> None:
+    """Send ``handler``'s status and JSON body, or its :class:`MawexError` as JSON."""
+    headers = [_JSON]
+    try:
+        status, body = await handler
+    except MawexError as exc:
+        status, body = exc.status, exc.to_body()
+        if isinstance(exc, MethodNotAllowed):
+            headers.append((b"allow", exc.allow.encode()))
+    content = json_body(body)
+    headers.append((b"content-length", str(len(content)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
 
 
 def _wait(scope: Scope) -> float:
