@@ -659,16 +659,28 @@ class _Inbox:
     def __init__(self) -> None:
         self._items: deque[_Command] = deque()
         self._ready = asyncio.Event()
+        self._alarm: asyncio.TimerHandle | None = None
 
     def put(self, command: _Command) -> None:
         self._items.append(command)
         self._ready.set()
 
     async def wait(self, timeout: float) -> None:
-        if not self._items:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
+        """Until a command arrives or ``timeout`` seconds pass.
+
+        The loop waits with the same deadline (its next tick) turn after turn: one
+        timer serves them all, instead of a timeout armed and cancelled per turn. A
+        timer left from an earlier deadline only wakes the loop early, once.
+        """
+        if self._items or timeout <= 0:
+            return
+        if self._alarm is None:
+            self._alarm = asyncio.get_running_loop().call_later(timeout, self._ring)
+        await self._ready.wait()
+
+    def _ring(self) -> None:
+        self._alarm = None
+        self._ready.set()
 
     def drain(self, limit: int) -> list[_Command]:
         items = self._items
