@@ -1,0 +1,163 @@
+"""Sequential round trips through ``Client.run`` / ``AsyncClient.run``, and what they cost.
+
+One ``mawex master`` and one ``mawex worker`` process (``--pods`` pods, no-op executor)
+on loopback; after ``--warmup`` unmeasured calls, ``--tasks`` calls of ``run()`` one
+after another (submit and wait in one request). Prints p50/p99/mean in ms and the CPU
+(user + system, all threads) each process spent per task.
+
+``--src DIR`` runs the master, the worker and the client from another checkout's
+``src`` (``git worktree add /tmp/before <commit>``), so a change can be measured
+against its parent with alternated runs on the same machine::
+
+    for i in 1 2 3; do for src in /tmp/before .; do
+      python bench/roundtrip.py --src $src --journal sqlite-normal
+    done; done
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from _common import JournalSetup, Processes, free_port, git_describe, percentile, wait_until
+
+GROUP = "rt"
+EXECUTOR = "mawex.examples.demo:echo"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add = parser.add_argument
+    add("--journal", choices=("sqlite", "sqlite-normal", "postgresql"), default="sqlite")
+    add("--tasks", type=int, default=3000, help="measured round trips")
+    add("--warmup", type=int, default=200, help="unmeasured round trips first")
+    add("--pods", type=int, default=32, help="mawex worker --concurrency")
+    add("--client", choices=("sync", "async"), default="sync", help="Client or AsyncClient")
+    add("--src", default=None, help="the src/ of this checkout (default) or of another one")
+    pg_url = os.environ.get("MAWEX_BENCH_POSTGRESQL", "")
+    add("--pg-url", default=pg_url, help="server of --journal postgresql (a fresh database)")
+    return parser.parse_args(argv)
+
+
+def measure(
+    args: argparse.Namespace, url: str, cpu: Callable[[], list[float]]
+) -> tuple[list[float], list[float], float]:
+    """The round trips' seconds, the master's and worker's CPU and this process's CPU."""
+    import mawex
+
+    ids = (f"w{i}" for i in range(args.warmup))
+    samples: list[float] = []
+    clock = time.perf_counter
+    if args.client == "sync":
+        with mawex.Client(url, timeout=30) as client:
+            for task_id in ids:
+                client.run(GROUP, None, id=task_id, timeout=30)
+            before, own = cpu(), time.process_time()
+            for i in range(args.tasks):
+                started = clock()
+                client.run(GROUP, None, id=f"t{i}", timeout=30)
+                samples.append(clock() - started)
+            after, own = cpu(), time.process_time() - own
+    else:
+
+        async def go() -> tuple[list[float], list[float], float]:
+            async with mawex.AsyncClient(url, timeout=30) as client:
+                for task_id in ids:
+                    await client.run(GROUP, None, id=task_id, timeout=30)
+                before, own = cpu(), time.process_time()
+                for i in range(args.tasks):
+                    started = clock()
+                    await client.run(GROUP, None, id=f"t{i}", timeout=30)
+                    samples.append(clock() - started)
+                return before, cpu(), time.process_time() - own
+
+        before, after, own = asyncio.run(go())
+    return samples, [b - a for a, b in zip(before, after, strict=True)], own
+
+
+def _describe(checkout: str | None) -> str:
+    """The commit measured: this checkout's, or the one ``--src`` names."""
+    if checkout is None:
+        return git_describe()
+    done = subprocess.run(
+        ["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or checkout
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    src = str(Path(args.src or Path(__file__).resolve().parent.parent).resolve() / "src")
+    sys.path.insert(0, src)
+    env = {"PYTHONPATH": src}
+    with tempfile.TemporaryDirectory(prefix="mawex-rt-") as tmp:
+        workdir = Path(tmp)
+        journal = JournalSetup(args.journal, workdir, *([args.pg_url] if args.pg_url else []))
+        procs = Processes(workdir)
+        journal.create()
+        try:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            master = procs.spawn(
+                "master",
+                [
+                    *(sys.executable, "-m", "mawex", "master", "--journal", journal.url),
+                    *("--listen", f"127.0.0.1:{port}", "--log-level", "warning"),
+                ],
+                env,
+            )
+            import httpx
+
+            def ready() -> bool:
+                if not master.alive():
+                    raise RuntimeError(f"the master exited:\n{master.tail()}")
+                try:
+                    return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(ready, 60, "master leading")
+            worker = procs.spawn(
+                "worker",
+                [
+                    *(sys.executable, "-m", "mawex", "worker", EXECUTOR, "--master", url),
+                    *("--group", GROUP, "--pod", "p", "--concurrency", str(args.pods)),
+                    *("--log-level", "warning"),
+                ],
+                env,
+            )
+
+            def connected() -> bool:
+                if not worker.alive():
+                    raise RuntimeError(f"the worker exited:\n{worker.tail()}")
+                workers = httpx.get(f"{url}/v1/state", timeout=5).json()["workers"]
+                return sum(w["status"] != "disconnected" for w in workers) >= args.pods
+
+            wait_until(connected, 60, f"{args.pods} pods connected")
+            samples, cpu, own = measure(
+                args, url, lambda: [master.cpu_seconds(), worker.cpu_seconds()]
+            )
+        finally:
+            procs.stop_all()
+            journal.drop()
+    n = len(samples)
+    master_us, worker_us = (c / n * 1e6 for c in cpu)
+    print(
+        f"git {_describe(args.src)} journal {args.journal} "
+        f"client {args.client} pods {args.pods} tasks {n}: "
+        f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms p99 {percentile(samples, 0.99) * 1e3:.3f} "
+        f"ms mean {sum(samples) / n * 1e3:.3f} ms | CPU per task: master {master_us:.0f} us, "
+        f"worker {worker_us:.0f} us, client {own / n * 1e6:.0f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
