@@ -4,8 +4,10 @@ Each namespace has one row in ``mawex_lease``. Every write transaction first
 locks that row (``SELECT epoch ... FOR UPDATE``) and compares the epoch with the
 caller's, so the fence check and the write commit together; ``acquire`` updates
 the same row, so it waits for an in-flight append and a new leader sees every
-record its predecessor committed. A batch of records is one ``INSERT ... SELECT
-FROM unnest(...)`` statement: one round trip whatever the batch size.
+record its predecessor committed. An append is one statement in a transaction of
+its own (lock, checks and ``INSERT ... SELECT FROM unnest(...)``): one round trip
+whatever the batch size. Pooled connections are handed back without asyncpg's
+reset query (another round trip): the journal keeps no session state.
 
 Lease expiry is on the database server's clock (``clock_timestamp()``), so
 masters on machines with skewed clocks agree on it; ``Lease.expires_at`` is in
@@ -60,6 +62,11 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 5000
 
 def _record(row: Any) -> Record:
     return Record(row[0], row[1], row[2], row[3], row[4])
+
+
+async def _keep_session(conn: Any) -> None:
+    """Hand a connection back as it is: the journal sets no session state (asyncpg
+    still rolls back an open transaction first)."""
 
 
 def _fence(epoch: int, current: int) -> None:
@@ -129,6 +136,7 @@ class PostgreSQLJournal:
                 max_size=POOL_MAX,
                 timeout=CONNECT_TIMEOUT,
                 server_settings=self._server_settings(),
+                reset=_keep_session,
             )
         except MawexError:
             raise
@@ -169,15 +177,12 @@ class PostgreSQLJournal:
 
     async def append(self, records: Sequence[Record], epoch: int) -> None:
         check_batch(records)
-        first = records[0].offset if records else 0
-        async with self._write(epoch) as conn:
-            if not records:
+        if not records:
+            async with self._write(epoch):
                 return
-            last, _ = await self._state(conn)
-            if first != last + 1:
-                raise JournalError(f"offset {first} is not the next offset {last + 1}")
-            await conn.execute(
-                _Q["insert_records"],
+        async with self._connection() as conn:
+            current, last, inserted = await conn.fetchrow(
+                _Q["append"],
                 self.namespace,
                 [r.offset for r in records],
                 [r.topic for r in records],
@@ -185,6 +190,14 @@ class PostgreSQLJournal:
                 [r.body for r in records],
                 epoch,
             )
+        if current is None:
+            raise JournalError(f"{self!r}: the lease row is missing; reopen the journal")
+        _fence(epoch, current)
+        first = records[0].offset
+        if first != last + 1:
+            raise JournalError(f"offset {first} is not the next offset {last + 1}")
+        if inserted != len(records):
+            raise JournalError(f"{inserted} of {len(records)} records were written")
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
         async with self._connection() as conn:

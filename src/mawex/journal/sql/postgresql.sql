@@ -72,10 +72,28 @@ SELECT
     ),
     (SELECT seq FROM mawex_snapshot WHERE ns = $1);
 
--- name: insert_records
-INSERT INTO mawex_records (ns, seq, topic, at, body, epoch)
-SELECT $1, r.seq, r.topic, r.at, r.body, $6
-FROM unnest($2::bigint[], $3::bigint[], $4::float8[], $5::bytea[]) AS r (seq, topic, at, body);
+-- name: append
+-- The fenced append as one statement (one round trip, a transaction of its own). The
+-- lease row is locked first (acquire() waits for it; a concurrent acquire that committed
+-- meanwhile is seen through the lock), and the records go in only if the epoch is the
+-- caller's and the first offset follows the last one. Returns the epoch (NULL without
+-- a lease row), the last offset and how many records went in: the caller says which
+-- check failed.
+WITH lease AS (
+    SELECT epoch FROM mawex_lease WHERE ns = $1 FOR UPDATE
+), last AS (
+    SELECT greatest(
+        coalesce((SELECT max(seq) FROM mawex_records WHERE ns = $1), 0),
+        coalesce((SELECT seq FROM mawex_snapshot WHERE ns = $1), 0)
+    ) AS seq
+), inserted AS (
+    INSERT INTO mawex_records (ns, seq, topic, at, body, epoch)
+    SELECT $1, r.seq, r.topic, r.at, r.body, $6
+    FROM unnest($2::bigint[], $3::bigint[], $4::float8[], $5::bytea[]) AS r (seq, topic, at, body)
+    WHERE (SELECT epoch FROM lease) = $6 AND (SELECT seq FROM last) + 1 = $2[1]
+    RETURNING 1
+)
+SELECT (SELECT epoch FROM lease), (SELECT seq FROM last), (SELECT count(*) FROM inserted);
 
 -- name: read
 SELECT seq, topic, at, body, epoch FROM mawex_records
