@@ -16,6 +16,7 @@ mawex request is idempotent, so this is safe.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import socket
@@ -241,11 +242,12 @@ def _prepare(
     return (scheme, host, port), url, data
 
 
-class LeanHttp:
-    """Requests to masters over pooled HTTP/1.1 connections, answering ``httpx.Response``.
+class _Pool(abc.ABC):
+    """What both pools are configured with.
 
     ``headers`` go with every request (authorization, user agent); ``ssl_context``
-    is used for ``https`` URLs; ``timeout`` is the default when a request gives none.
+    is used for ``https`` URLs; ``timeout`` is the default when a request gives none;
+    at most ``max_connections`` are open to one master.
     """
 
     def __init__(
@@ -263,9 +265,21 @@ class LeanHttp:
         #: Used by requests that give no timeout of their own.
         self.timeout = timeout or httpx.Timeout(10.0)
         self._max = max_connections
-        self._origins: dict[Origin, _Origin] = {}
-        #: True once :meth:`aclose` was called.
+        #: True once the pool was closed.
         self.is_closed = False
+        self._init_connections()
+
+    @abc.abstractmethod
+    def _init_connections(self) -> None:
+        """Set up the pool's empty connection bookkeeping."""
+
+
+class LeanHttp(_Pool):
+    """Requests to masters over pooled HTTP/1.1 connections, answering ``httpx.Response``
+    (the settings: :class:`_Pool`)."""
+
+    def _init_connections(self) -> None:
+        self._origins: dict[Origin, _Origin] = {}
 
     async def request(
         self,
@@ -405,30 +419,14 @@ class _BlockingConnection(_ResponseParts):
             self.sock.close()
 
 
-class LeanHttpSync:
+class LeanHttpSync(_Pool):
     """:class:`LeanHttp` on blocking sockets, for :class:`mawex.Client`; safe to share
     between threads (each request has a connection to itself)."""
 
-    def __init__(
-        self,
-        *,
-        headers: Mapping[str, str] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        timeout: httpx.Timeout | None = None,
-        max_connections: int = MAX_CONNECTIONS,
-    ) -> None:
-        #: Sent with every request.
-        self.headers = dict(headers or {})
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
-        self._ssl = ssl_context
-        #: Used by requests that give no timeout of their own.
-        self.timeout = timeout or httpx.Timeout(10.0)
-        self._max = max_connections
+    def _init_connections(self) -> None:
         self._lock = threading.Lock()
         self._idle: dict[Origin, list[_BlockingConnection]] = {}
         self._slots: dict[Origin, threading.BoundedSemaphore] = {}
-        #: True once :meth:`close` was called.
-        self.is_closed = False
 
     def request(
         self,
