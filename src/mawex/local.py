@@ -41,7 +41,10 @@ class LocalMaster:
     ``redis://…``) or a :class:`~mawex.journal.base.Journal`; ``listen`` may use
     port 0 to pick a free port (see :attr:`url`). ``token`` is required of clients
     and ``worker_token`` (if given) of workers; ``tls_cert``/``tls_key`` serve
-    HTTPS and WSS; ``api_limits`` and ``net_limits`` bound what clients may send::
+    HTTPS and WSS; ``api_limits`` and ``net_limits`` bound what clients may send.
+    ``gc_freeze`` pauses and then freezes Python's cycle collector for the process
+    while the state is rebuilt at start (see :class:`~mawex.master.engine.EngineSettings`):
+    for a program that runs nothing but the master::
 
         async with LocalMaster("sqlite:///./jobs.db") as master:
             async with master.client() as client:
@@ -66,6 +69,7 @@ class LocalMaster:
         snapshot_every: int = 50_000,
         retain_topic_events: int = 1_000_000,
         wait_leader: bool = True,
+        gc_freeze: bool = False,
     ) -> None:
         self._journal_spec = journal
         self.host, self.port = parse_listen(listen)
@@ -86,6 +90,7 @@ class LocalMaster:
         self.snapshot_every = snapshot_every
         self.retain_topic_events = retain_topic_events
         self._wait_leader = wait_leader
+        self.gc_freeze = gc_freeze
         self._engine: Engine | None = None
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -128,6 +133,7 @@ class LocalMaster:
             snapshot_every=self.snapshot_every,
             retain_topic_events=self.retain_topic_events,
             max_result_bytes=self.api_limits.max_result_bytes,
+            gc_freeze=self.gc_freeze,
         )
         self._engine = Engine(journal, settings)
         await self._engine.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,41 @@ async def test_snapshot_and_trim_then_replay(journal_factory: Callable[[], Journ
         assert again.state.pending_count("g") == 225
         assert again.get("g", "t240")["status"] == "cancelled"
     finally:
+        await again.stop()
+
+
+@pytest.mark.parametrize("gc_freeze", [True, False])
+async def test_rebuild_with_the_collector_frozen_at_start(
+    journal_factory: Callable[[], Journal], gc_freeze: bool
+) -> None:
+    """``gc_freeze``: the same state from snapshot + replay, the collector on again after
+    it, the rebuilt state out of its reach (and nothing frozen without the setting)."""
+    settings = EngineSettings(lease_ttl=TTL, snapshot_every=100)
+    engine = Engine(journal_factory(), settings)
+    await engine.start()
+    await engine.wait_leader(5)
+    for i in range(130):  # a snapshot at ~100 events, then records after it
+        await engine.submit(_task(f"t{i}", group=f"g{i % 3}"))
+    await engine.cancel("g1", "t1")
+    before = engine.state_view()["groups"]
+    offset = engine.state.offset
+    await engine.stop()
+
+    gc.unfreeze()
+    assert gc.isenabled()
+    again = Engine(journal_factory(), EngineSettings(lease_ttl=TTL, gc_freeze=gc_freeze))
+    try:
+        await again.start()
+        frozen = gc.get_freeze_count()
+        tasks = again.state.tasks
+        scanned = any(obj is tasks for obj in gc.get_objects())  # frozen ones are not listed
+        assert gc.isenabled()
+        assert again.state.offset == offset
+        assert again.state_view()["groups"] == before
+        assert again.get("g1", "t1")["status"] == "cancelled"
+        assert (frozen > 0, scanned) == (gc_freeze, not gc_freeze)
+    finally:
+        gc.unfreeze()
         await again.stop()
 
 

@@ -208,6 +208,7 @@ def master(
         snapshot_every=snapshot_every,
         retain_topic_events=retain_topic,
         wait_leader=False,
+        gc_freeze=True,  # this process runs the master alone
     )
     run_async(_serve(local))
 
