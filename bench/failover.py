@@ -60,7 +60,7 @@ from mawex.core import events as ev
 from mawex.core.state import MasterState
 from mawex.journal import open_journal
 from mawex.journal.base import Journal, Record, Snapshot
-from mawex.master.engine import Engine, EngineSettings
+from mawex.master.engine import Engine, EngineSettings, _collector_paused
 
 DEFAULT_PG = os.environ.get(
     "MAWEX_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -193,11 +193,13 @@ async def fill(url: str, events: int, batch: int, limits: decide.Limits) -> tupl
 
 
 async def cold_rebuild(url: str) -> tuple[float, Engine]:
-    """Seconds a new standby takes to rebuild its state from the journal (snapshot + replay)."""
+    """Seconds a new standby takes to rebuild its state from the journal (snapshot + replay),
+    with the cycle collector paused and then frozen, as ``mawex master`` does."""
     engine = Engine(open_journal(url), EngineSettings())
     await engine.journal.open()
     started = time.perf_counter()
-    await engine._rebuild()
+    with _collector_paused():
+        await engine._rebuild()
     return time.perf_counter() - started, engine
 
 

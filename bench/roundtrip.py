@@ -40,6 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--warmup", type=int, default=200, help="unmeasured round trips first")
     add("--pods", type=int, default=32, help="mawex worker --concurrency")
     add("--client", choices=("sync", "async"), default="sync", help="Client or AsyncClient")
+    add("--executor", default=EXECUTOR, help="the worker's executor (module:function)")
     add("--src", default=None, help="the src/ of this checkout (default) or of another one")
     pg_url = os.environ.get("MAWEX_BENCH_POSTGRESQL", "")
     add("--pg-url", default=pg_url, help="server of --journal postgresql (a fresh database)")
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker = procs.spawn(
                 "worker",
                 [
-                    *(sys.executable, "-m", "mawex", "worker", EXECUTOR, "--master", url),
+                    *(sys.executable, "-m", "mawex", "worker", args.executor, "--master", url),
                     *("--group", GROUP, "--pod", "p", "--concurrency", str(args.pods)),
                     *("--log-level", "warning"),
                 ],
