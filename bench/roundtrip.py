@@ -41,6 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--pods", type=int, default=32, help="mawex worker --concurrency")
     add("--client", choices=("sync", "async"), default="sync", help="Client or AsyncClient")
     add("--executor", default=EXECUTOR, help="the worker's executor (module:function)")
+    add("--samples", default=None, help="write each call's start (s) and round trip (ms) here")
     add("--src", default=None, help="the src/ of this checkout (default) or of another one")
     pg_url = os.environ.get("MAWEX_BENCH_POSTGRESQL", "")
     add("--pg-url", default=pg_url, help="server of --journal postgresql (a fresh database)")
@@ -56,6 +57,7 @@ def measure(
     ids = (f"w{i}" for i in range(args.warmup))
     samples: list[float] = []
     clock = time.perf_counter
+    starts: list[float] = []  # when each measured call began, for --samples
     if args.client == "sync":
         with mawex.Client(url, timeout=30) as client:
             for task_id in ids:
@@ -65,6 +67,7 @@ def measure(
                 started = clock()
                 client.run(GROUP, None, id=f"t{i}", timeout=30)
                 samples.append(clock() - started)
+                starts.append(started)
             after, own = cpu(), time.process_time() - own
     else:
 
@@ -77,9 +80,14 @@ def measure(
                     started = clock()
                     await client.run(GROUP, None, id=f"t{i}", timeout=30)
                     samples.append(clock() - started)
+                    starts.append(started)
                 return before, cpu(), time.process_time() - own
 
         before, after, own = asyncio.run(go())
+    if args.samples:
+        with open(args.samples, "w") as out:
+            for started, seconds in zip(starts, samples, strict=True):
+                out.write(f"{started - starts[0]:.6f} {seconds * 1e3:.3f}\n")
     return samples, [b - a for a, b in zip(before, after, strict=True)], own
 
 
