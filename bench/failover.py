@@ -60,7 +60,7 @@ from mawex.core import events as ev
 from mawex.core.state import MasterState
 from mawex.journal import open_journal
 from mawex.journal.base import Journal, Record, Snapshot
-from mawex.master.engine import Engine, EngineSettings, _collector_paused
+from mawex.master.engine import Engine, EngineSettings, collector_paused
 
 DEFAULT_PG = os.environ.get(
     "MAWEX_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -198,7 +198,7 @@ async def cold_rebuild(url: str) -> tuple[float, Engine]:
     engine = Engine(open_journal(url), EngineSettings())
     await engine.journal.open()
     started = time.perf_counter()
-    with _collector_paused():
+    with collector_paused():
         await engine._rebuild()
     return time.perf_counter() - started, engine
 

@@ -146,10 +146,7 @@ class Engine:
     async def start(self) -> None:
         """Open the journal, rebuild the state and start the leadership loop."""
         await self.journal.open()
-        if self.settings.gc_freeze:
-            with _collector_paused():
-                await self._rebuild()
-        else:
+        with collector_paused() if self.settings.gc_freeze else contextlib.nullcontext():
             await self._rebuild()
         self.role = "standby"
         from mawex.master.leadership import run_leadership
@@ -665,7 +662,7 @@ class Engine:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """The cycle collector off inside; what was built is then frozen out of its reach.
 
     Rebuilding a state adds millions of objects the collector would scan again and
