@@ -57,10 +57,10 @@ import mawex
 from mawex.cluster import LocalCluster
 from mawex.core import decide, timers
 from mawex.core import events as ev
-from mawex.core.state import MasterState
+from mawex.core.state import MasterState, collector_paused
 from mawex.journal import open_journal
 from mawex.journal.base import Journal, Record, Snapshot
-from mawex.master.engine import Engine, EngineSettings, collector_paused
+from mawex.master.engine import Engine, EngineSettings
 
 DEFAULT_PG = os.environ.get(
     "MAWEX_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -198,7 +198,7 @@ async def cold_rebuild(url: str) -> tuple[float, Engine]:
     engine = Engine(open_journal(url), EngineSettings())
     await engine.journal.open()
     started = time.perf_counter()
-    with collector_paused():
+    with collector_paused(freeze=True):
         await engine._rebuild()
     return time.perf_counter() - started, engine
 

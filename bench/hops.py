@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import queue
-import subprocess
+import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import free_port, percentile, wait_until
+from _common import Processes, free_port, percentile, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -191,25 +191,23 @@ def _measure(kind: str, rounds: int) -> list[float]:
     if kind == "thread":
         return uvloop.run(_thread(rounds))
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, str(port)], env={**os.environ}
-    )
-    try:
-        import socket
+    with tempfile.TemporaryDirectory(prefix="mawex-hops-") as workdir:
+        procs = Processes(Path(workdir))
+        server = procs.spawn(f"{kind}-echo", [sys.executable, __file__, "--serve", kind, str(port)])
+        try:
 
-        def listening() -> bool:
-            if server.poll() is not None:
-                raise RuntimeError(f"the {kind} echo server exited with {server.returncode}")
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
+            def listening() -> bool:
+                if not server.alive():
+                    raise RuntimeError(f"the {kind} echo server exited:\n{server.tail()}")
+                with socket.socket() as sock:
+                    return sock.connect_ex(("127.0.0.1", port)) == 0
 
-        wait_until(listening, 30, f"{kind} echo server")
-        if kind == "http":
-            return _http(port, rounds)
-        return uvloop.run(_tcp(port, rounds) if kind == "tcp" else _ws(port, rounds))
-    finally:
-        server.terminate()
-        server.wait(10)
+            wait_until(listening, 30, f"{kind} echo server")
+            if kind == "http":
+                return _http(port, rounds)
+            return uvloop.run(_tcp(port, rounds) if kind == "tcp" else _ws(port, rounds))
+        finally:
+            procs.stop_all()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from mawex.core import decide, dispatch, timers, views
 from mawex.core import events as ev
-from mawex.core.state import MasterState, WorkerInfo
+from mawex.core.state import MasterState, WorkerInfo, collector_paused
 from mawex.errors import FencedOut, JournalError, MawexError, NotFound, NotLeader
 from mawex.journal.base import LEADER, STANDBY, Journal, Lease, Member, Record, Snapshot
 from mawex.master.topic import Topic
@@ -146,7 +145,7 @@ class Engine:
     async def start(self) -> None:
         """Open the journal, rebuild the state and start the leadership loop."""
         await self.journal.open()
-        with collector_paused() if self.settings.gc_freeze else contextlib.nullcontext():
+        with collector_paused(freeze=True) if self.settings.gc_freeze else contextlib.nullcontext():
             await self._rebuild()
         self.role = "standby"
         from mawex.master.leadership import run_leadership
@@ -659,24 +658,6 @@ class Engine:
     def task_status(self, group: str, id: str) -> TaskStatus | None:
         record = self.state.tasks.get((group, id))
         return record.status if record else None
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """The cycle collector off inside; what was built is then frozen out of its reach.
-
-    Rebuilding a state adds millions of objects the collector would scan again and
-    again as the heap grows (half of a replay's time). Frozen objects are still
-    freed by reference counting, which is all the state's objects need.
-    """
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-        gc.freeze()
-    finally:
-        if collecting:
-            gc.enable()
 
 
 class _Inbox:
