@@ -41,6 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--pods", type=int, default=32, help="mawex worker --concurrency")
     add("--client", choices=("sync", "async"), default="sync", help="Client or AsyncClient")
     add("--executor", default=EXECUTOR, help="the worker's executor (module:function)")
+    add(
+        "--busy-poll",
+        type=float,
+        default=0.0,
+        help="mawex master --busy-poll: seconds it keeps polling after each turn",
+    )
     add("--samples", default=None, help="write each call's start (s) and round trip (ms) here")
     add("--src", default=None, help="the src/ of this checkout (default) or of another one")
     pg_url = os.environ.get("MAWEX_BENCH_POSTGRESQL", "")
@@ -119,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [
                     *(sys.executable, "-m", "mawex", "master", "--journal", journal.url),
                     *("--listen", f"127.0.0.1:{port}", "--log-level", "warning"),
+                    *(("--busy-poll", str(args.busy_poll)) if args.busy_poll else ()),
                 ],
                 env,
             )
@@ -160,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     master_us, worker_us = (c / n * 1e6 for c in cpu)
     print(
         f"git {_describe(args.src)} journal {args.journal} "
-        f"client {args.client} pods {args.pods} tasks {n}: "
+        f"client {args.client} pods {args.pods} busy-poll {args.busy_poll * 1e6:.0f} us "
+        f"tasks {n}: "
         f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms p99 {percentile(samples, 0.99) * 1e3:.3f} "
         f"ms mean {sum(samples) / n * 1e3:.3f} ms | CPU per task: master {master_us:.0f} us, "
         f"worker {worker_us:.0f} us, client {own / n * 1e6:.0f} us"

@@ -110,6 +110,7 @@ def test_metrics_count_what_happened(cluster: LocalCluster) -> None:
         m, "mawex_journal_appended_events_total"
     )
     assert value(m, "mawex_journal_append_seconds_total") > 0
+    assert value(m, "mawex_busy_poll_seconds_total") == 0  # off by default
 
     # leadership
     epoch = get_state(url)["epoch"]
@@ -134,6 +135,21 @@ def test_metrics_count_what_happened(cluster: LocalCluster) -> None:
             assert value(s, f"mawex_tasks_{name}_total", **labels) == value(
                 m, f"mawex_tasks_{name}_total", **labels
             ), (name, labels)
+
+
+def test_busy_poll_time_is_counted(cluster: LocalCluster) -> None:
+    """``mawex master --busy-poll``: the time its loop spent polling after turns is exported."""
+    master = start_master(cluster, "master-a", "--busy-poll", "0.05")
+    url = url_of(master)
+    cluster.start_worker("worker", DEMO, groups="etl", pod="pod-1")
+    cluster.wait_workers(1)
+    with mawex.Client([url]) as client:
+        for i in range(3):
+            client.run("etl", {"n": i}, timeout=30)  # raises unless it completed
+    # at least one whole window after the last turn (more if turns came closer together)
+    wait_until(
+        lambda: value(scrape(url), "mawex_busy_poll_seconds_total") >= 0.05, 10, "a busy poll"
+    )
 
 
 async def test_a_failing_observer_never_stops_the_engine(caplog: Any) -> None:

@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from systems.base import System
 
-#: ``--systems`` name → ``module:class`` (a mawex variant differs only in its journal).
+#: ``--systems`` name → ``module:class`` (a mawex variant differs only in its journal
+#: and, for ``-busy``, in ``mawex master --busy-poll``).
 SYSTEMS: dict[str, str] = {
     "mawex": "systems.mawex_system:Mawex",
     "mawex-normal": "systems.mawex_system:MawexNormal",
+    "mawex-busy": "systems.mawex_system:MawexBusy",
+    "mawex-normal-busy": "systems.mawex_system:MawexNormalBusy",
     "mawex-pg": "systems.mawex_system:MawexPostgres",
     "huey": "systems.huey_peer:Huey",
     "dramatiq": "systems.dramatiq_peer:Dramatiq",
@@ -28,6 +31,8 @@ SYSTEMS: dict[str, str] = {
 DEFAULT = (
     "mawex",
     "mawex-normal",
+    "mawex-busy",
+    "mawex-normal-busy",
     "huey",
     "dramatiq",
     "celery",

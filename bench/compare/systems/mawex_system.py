@@ -7,7 +7,8 @@ the local sandbox, each process with ``--concurrency`` pods.
 The client is ``mawex.AsyncClient``: single ``submit()`` calls with many in
 flight, results read from the result topic (``client.results()``). Round trips use
 the blocking ``mawex.Client.run()`` (submit and wait in one request), one call after
-another from one thread, as the peers' blocking clients are used.
+another from one thread, as the peers' blocking clients are used. The ``-busy``
+variants run the master with ``--busy-poll`` (:data:`BUSY_POLL` seconds).
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ GROUP = "bench"
 ENQUEUE_GROUP = "bench-enqueue"
 EXECUTOR = "mawex.examples.demo:echo"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
+#: ``mawex master --busy-poll`` of the ``-busy`` variants: a sequential round trip's
+#: gaps (master → worker → master, reply → next request) are shorter than this.
+BUSY_POLL = 0.0005
 
 
 class Mawex(AsyncSystem):
     name = "mawex"
     #: The journal of this variant; ``None``: ``--mawex-journal``.
     journal_mode: str | None = None
+    #: ``mawex master --busy-poll`` seconds (0: off, the default).
+    busy_poll = 0.0
 
     def __init__(self, settings: Settings, procs: Processes) -> None:
         super().__init__(settings, procs)
@@ -52,14 +58,16 @@ class Mawex(AsyncSystem):
             "sqlite-normal": "SQLite synchronous=normal",
             "postgresql": "PostgreSQL",
         }.get(self.mode, self.mode)
+        busy = f", --busy-poll {self.busy_poll}" if self.busy_poll else ""
         return {
-            "summary": f"1 master ({journal}), {n} workers x {c} pods",
+            "summary": f"1 master ({journal}{busy}), {n} workers x {c} pods",
             "worker": f"{n} x mawex worker {EXECUTOR} --concurrency {c} (local sandbox)",
             "result": (
                 f"AsyncClient: {self.in_flight} submit() in flight, results() follow; "
                 "round trips: Client.run()"
             ),
             "journal": self.mode,
+            "busy_poll": self.busy_poll,
             "concurrency": c,
             "in_flight": self.in_flight,
         }
@@ -71,6 +79,8 @@ class Mawex(AsyncSystem):
         argv = [sys.executable, "-m", "mawex", "master", "--journal", self.journal.url]
         argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json"]
         argv += ["--log-level", self.settings.log_level]
+        if self.busy_poll:
+            argv += ["--busy-poll", str(self.busy_poll)]
         master = self.procs.spawn(f"master-{self.name}", argv, group=True)
 
         def leading() -> bool:
@@ -176,6 +186,18 @@ class Mawex(AsyncSystem):
 class MawexNormal(Mawex):
     name = "mawex-normal"
     journal_mode = "sqlite-normal"
+
+
+class MawexBusy(Mawex):
+    name = "mawex-busy"
+    journal_mode = "sqlite"
+    busy_poll = BUSY_POLL
+
+
+class MawexNormalBusy(Mawex):
+    name = "mawex-normal-busy"
+    journal_mode = "sqlite-normal"
+    busy_poll = BUSY_POLL
 
 
 class MawexPostgres(Mawex):

@@ -25,6 +25,7 @@ from mawex.core import events as ev
 from mawex.core.state import MasterState, WorkerInfo, collector_paused
 from mawex.errors import FencedOut, JournalError, MawexError, NotFound, NotLeader
 from mawex.journal.base import LEADER, STANDBY, Journal, Lease, Member, Record, Snapshot
+from mawex.master.busy_poll import BusyPoll
 from mawex.master.topic import Topic
 from mawex.model import TaskStatus
 from mawex.wire import worker as wire
@@ -66,6 +67,12 @@ class EngineSettings:
     #: on the whole process: for a process that only runs the master (``mawex
     #: master``), not for a master embedded in another program.
     gc_freeze: bool = False
+    #: After each turn that handled commands, keep the event loop polling this many
+    #: seconds instead of sleeping (:mod:`mawex.master.busy_poll`): a request or a
+    #: worker's message arriving meanwhile skips the wake-up of an idle process.
+    #: Lower round-trip latency for up to one core of CPU while traffic is sparse.
+    #: 0: off.
+    busy_poll_s: float = 0.0
 
 
 class _Command:
@@ -88,6 +95,9 @@ class Engine:
     ) -> None:
         self.journal = journal
         self.settings = settings or EngineSettings()
+        window = self.settings.busy_poll_s
+        #: Keeps the loop polling after each turn (``settings.busy_poll_s``), or None.
+        self.busy_poll = BusyPoll(window) if window else None
         self.clock = clock
         self.holder = f"{self.settings.master_id}-{uuid.uuid4().hex[:12]}"
         self.state = MasterState()
@@ -504,6 +514,7 @@ class Engine:
         next_tick = 0.0
         tick_s = self.settings.tick_s
         max_commands = self.settings.max_turn_commands
+        busy_poll = self.busy_poll
         commands: list[_Command] = []
         try:
             while True:
@@ -513,6 +524,8 @@ class Engine:
                 await self._turn(commands, now, run_timers=now >= next_tick)
                 if now >= next_tick:
                     next_tick = now + tick_s
+                if busy_poll is not None and commands:
+                    busy_poll.kick()
         except (FencedOut, JournalError) as exc:
             asyncio.get_running_loop().create_task(self.step_down(str(exc)))
         except Exception as exc:

@@ -208,6 +208,12 @@ class EngineCollector(Collector):
             value=stats["failovers"],
         )
         yield CounterMetricFamily("mawex_snapshots", "Snapshots saved", value=stats["snapshots"])
+        busy_poll = engine.busy_poll
+        yield CounterMetricFamily(
+            "mawex_busy_poll_seconds",
+            "Time the event loop spent polling instead of sleeping (--busy-poll)",
+            value=busy_poll.seconds if busy_poll is not None else 0.0,
+        )
 
 
 class LoopHistogram:

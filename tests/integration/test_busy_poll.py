@@ -1,0 +1,74 @@
+"""Busy polling: the loop keeps polling after work for the window, and only then sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import mawex
+from mawex.core.decide import NewTask
+from mawex.errors import ConfigError
+from mawex.journal import open_journal
+from mawex.master.busy_poll import BusyPoll
+from mawex.master.engine import Engine, EngineSettings
+
+
+async def _until(predicate: object, timeout: float = 10.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_kick_keeps_the_loop_polling_for_the_window_then_it_sleeps() -> None:
+    poll = BusyPoll(0.05)
+    assert not poll.polling and poll.polls == 0 and poll.seconds == 0
+    poll.kick()
+    assert poll.polling
+    # a single sleep of the whole window: the loop goes on polling underneath it
+    await asyncio.sleep(0.05)
+    during = poll.polls
+    assert during > 10, during
+    await _until(lambda: not poll.polling)
+    stopped_at, spent = poll.polls, poll.seconds
+    assert spent >= 0.05
+    await asyncio.sleep(0.05)
+    assert (poll.polls, poll.seconds) == (stopped_at, spent)  # asleep again: nothing polls
+    poll.kick()
+    poll.kick()  # a kick while polling moves the deadline, it adds no second poller
+    await _until(lambda: not poll.polling)
+    assert poll.seconds >= spent + 0.05
+
+
+@pytest.mark.parametrize("window", [0.0, -0.001, 1.5, float("nan")])
+def test_a_window_out_of_range_is_refused(window: float) -> None:
+    with pytest.raises(ValueError, match="busy"):
+        BusyPoll(window)
+
+
+def test_local_master_refuses_a_bad_window_before_starting() -> None:
+    with pytest.raises(ConfigError, match="busy-poll window"):
+        mawex.LocalMaster("memory://", busy_poll=-1)
+
+
+async def test_the_engine_polls_after_turns_with_commands_only(tmp_path: Path) -> None:
+    journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}?synchronous=normal")
+    engine = Engine(journal, EngineSettings(lease_ttl=0.6, tick_s=0.01, busy_poll_s=0.02))
+    await engine.start()
+    try:
+        await _until(lambda: engine.is_leader)
+        poll = engine.busy_poll
+        assert poll is not None and poll.window == 0.02
+        # turns that only run timers (one every 10 ms here) do not keep the loop awake
+        await asyncio.sleep(0.1)
+        assert poll.polls == 0
+        await engine.submit(NewTask(group="g", id="t1", payload=msgspec.Raw(b"1")))
+        assert poll.polling
+        await _until(lambda: not poll.polling)
+        assert poll.polls > 0 and poll.seconds >= 0.02
+    finally:
+        await engine.stop()
+    assert Engine(journal, EngineSettings()).busy_poll is None  # off by default
