@@ -3,7 +3,8 @@
 One ``mawex master`` and one ``mawex worker`` process (``--pods`` pods, no-op executor)
 on loopback; after ``--warmup`` unmeasured calls, ``--tasks`` calls of ``run()`` one
 after another (submit and wait in one request). Prints p50/p99/mean in ms and the CPU
-(user + system, all threads) each process spent per task.
+(user + system, all threads) each process spent per task. ``--busy-poll S`` runs the
+master with ``--busy-poll S`` (it keeps polling S seconds after each turn).
 
 ``--src DIR`` runs the master, the worker and the client from another checkout's
 ``src`` (``git worktree add /tmp/before <commit>``), so a change can be measured
