@@ -45,7 +45,7 @@ class LocalMaster:
     ``gc_freeze`` pauses and then freezes Python's cycle collector for the process
     while the state is rebuilt at start (see :class:`~mawex.master.engine.EngineSettings`):
     for a program that runs nothing but the master. ``busy_poll`` keeps the event loop
-    polling that many seconds after each engine turn instead of sleeping (lower
+    polling that many seconds after each change of state instead of sleeping (lower
     latency for sparse traffic, at up to one core of CPU; 0 is off)::
 
         async with LocalMaster("sqlite:///./jobs.db") as master:

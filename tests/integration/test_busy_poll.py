@@ -54,7 +54,7 @@ def test_local_master_refuses_a_bad_window_before_starting() -> None:
         mawex.LocalMaster("memory://", busy_poll=-1)
 
 
-async def test_the_engine_polls_after_turns_with_commands_only(tmp_path: Path) -> None:
+async def test_the_engine_polls_after_turns_that_change_the_state_only(tmp_path: Path) -> None:
     journal = open_journal(f"sqlite:///{tmp_path / 'j.db'}?synchronous=normal")
     engine = Engine(journal, EngineSettings(lease_ttl=0.6, tick_s=0.01, busy_poll_s=0.02))
     await engine.start()
@@ -62,9 +62,11 @@ async def test_the_engine_polls_after_turns_with_commands_only(tmp_path: Path) -
         await _until(lambda: engine.is_leader)
         poll = engine.busy_poll
         assert poll is not None and poll.window == 0.02
-        # turns that only run timers (one every 10 ms here) do not keep the loop awake
+        # turns that only run timers (one every 10 ms here) do not keep the loop awake,
+        # nor do commands that change nothing (as a heartbeat or a read)
         await asyncio.sleep(0.1)
-        assert poll.polls == 0
+        assert await engine.call(lambda state, now: len(state.tasks)) == 0
+        assert poll.polls == 0 and not poll.polling
         await engine.submit(NewTask(group="g", id="t1", payload=msgspec.Raw(b"1")))
         assert poll.polling
         await _until(lambda: not poll.polling)

@@ -131,8 +131,8 @@ log = logging.getLogger("mawex.master")
     "--busy-poll",
     type=click.FloatRange(0, 1),
     default=0.0,
-    help="Seconds the master keeps polling after each turn instead of sleeping (e.g. 0.0005): "
-    "lower latency for sparse traffic, for up to one core of CPU. 0: off.",
+    help="Seconds the master keeps polling after each change of state instead of sleeping "
+    "(e.g. 0.0005): lower latency for sparse traffic, for up to one core of CPU. 0: off.",
 )
 @log_options
 def master(

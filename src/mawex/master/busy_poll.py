@@ -3,11 +3,12 @@
 An idle process sleeps in ``epoll_wait``; the next request or worker message must
 then wake it, which on a virtual machine costs tens of microseconds per hop (the
 idle virtual CPU halts and is woken by an interrupt) and runs on colder caches.
-A :class:`BusyPoll` kicked after each engine turn keeps one callback scheduled on
-the loop until its window has passed: while a callback is ready, the loop polls
-its sockets with a zero timeout, so whatever arrives in the window is handled at
-once. It trades CPU (up to one core while traffic is sparse) for latency; under
-sustained load the loop never sleeps anyway and it costs next to nothing.
+A :class:`BusyPoll` kicked after each engine turn that changed the state (not
+after a heartbeat or a read) keeps one callback scheduled on the loop until its
+window has passed: while a callback is ready, the loop polls its sockets with a
+zero timeout, so whatever arrives in the window is handled at once. It trades CPU
+(up to one core while traffic is sparse) for latency; under sustained load the
+loop never sleeps anyway and it costs next to nothing.
 """
 
 from __future__ import annotations

@@ -67,11 +67,11 @@ class EngineSettings:
     #: on the whole process: for a process that only runs the master (``mawex
     #: master``), not for a master embedded in another program.
     gc_freeze: bool = False
-    #: After each turn that handled commands, keep the event loop polling this many
-    #: seconds instead of sleeping (:mod:`mawex.master.busy_poll`): a request or a
-    #: worker's message arriving meanwhile skips the wake-up of an idle process.
-    #: Lower round-trip latency for up to one core of CPU while traffic is sparse.
-    #: 0: off.
+    #: After each turn that changed the state (a task accepted, dispatched, finished,
+    #: ...; not a heartbeat or a read), keep the event loop polling this many seconds
+    #: instead of sleeping (:mod:`mawex.master.busy_poll`): a request or a worker's
+    #: message arriving meanwhile skips the wake-up of an idle process. Lower
+    #: round-trip latency for up to one core of CPU while traffic is sparse. 0: off.
     busy_poll_s: float = 0.0
 
 
@@ -96,7 +96,7 @@ class Engine:
         self.journal = journal
         self.settings = settings or EngineSettings()
         window = self.settings.busy_poll_s
-        #: Keeps the loop polling after each turn (``settings.busy_poll_s``), or None.
+        #: Keeps the loop polling after turns that changed the state (``busy_poll_s``), or None.
         self.busy_poll = BusyPoll(window) if window else None
         self.clock = clock
         self.holder = f"{self.settings.master_id}-{uuid.uuid4().hex[:12]}"
@@ -521,10 +521,10 @@ class Engine:
                 await inbox.wait(max(0.0, next_tick - self.clock()))
                 commands = inbox.drain(max_commands)
                 now = self.clock()
-                await self._turn(commands, now, run_timers=now >= next_tick)
+                changed = await self._turn(commands, now, run_timers=now >= next_tick)
                 if now >= next_tick:
                     next_tick = now + tick_s
-                if busy_poll is not None and commands:
+                if changed and busy_poll is not None:
                     busy_poll.kick()
         except (FencedOut, JournalError) as exc:
             asyncio.get_running_loop().create_task(self.step_down(str(exc)))
@@ -539,7 +539,8 @@ class Engine:
                     command.future.set_exception(NotLeader(None))
             asyncio.get_running_loop().create_task(self.step_down(f"engine loop failed: {exc!r}"))
 
-    async def _turn(self, commands: list[_Command], now: float, run_timers: bool) -> None:
+    async def _turn(self, commands: list[_Command], now: float, run_timers: bool) -> bool:
+        """One turn of the loop; whether it changed the state (appended events)."""
         state = self.state
         replies = self._decide(commands, now)
         if run_timers:
@@ -569,6 +570,7 @@ class Engine:
             self._send(sends, urgent=False)
         if state.offset - self._snapshot_offset >= self.settings.snapshot_every:
             await self.save_snapshot(trim_in_background=True)
+        return bool(events)
 
     def _send(self, sends: list[tuple[str, wire.MasterMessage]], *, urgent: bool) -> bool:
         """Queue the urgent messages (all but acks), or the acks; whether any ack was seen."""
