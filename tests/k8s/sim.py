@@ -323,6 +323,9 @@ class Kubelet:
         self.tick = tick
         #: False plays a cluster that does not enforce activeDeadlineSeconds (in time).
         self.enforce_deadlines = True
+        #: Seconds between a failed pod and its Job's ``Failed`` condition: a real Job
+        #: controller marks the Job a moment after the pod ends.
+        self.verdict_delay = 0.0
         self.jobs: dict[str, SimJob] = {}
         #: The most container processes ever seen running at once.
         self.max_running = 0
@@ -663,6 +666,8 @@ class Kubelet:
                 },
             )
         else:
+            if self.verdict_delay:
+                await asyncio.sleep(self.verdict_delay)
             await self._fail_job(
                 job, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
             )

@@ -269,3 +269,25 @@ def test_read_state(
     for word in words:
         assert word in state.detail
     assert state.over == (phase in (JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.GONE))
+
+
+@pytest.mark.parametrize(
+    ("job", "pods", "concluded"),
+    [
+        (None, [], True),
+        (
+            _failed_job("BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+            [_pod("Failed", {"terminated": {"exitCode": 7, "reason": "Error"}})],
+            True,
+        ),
+        # the pod has failed, the Job controller has not said so yet
+        (JOB, [_pod("Failed", {"terminated": {"exitCode": 7, "reason": "Error"}})], False),
+        ({"metadata": {"name": "j"}, "status": {"succeeded": 1}}, [], True),
+        (JOB, [_pod("Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed"}})], False),
+        (JOB, [_pod("Running", {"running": {"startedAt": "t"}})], False),
+    ],
+)
+def test_a_state_is_concluded_by_the_job_not_by_its_pod(
+    job: dict[str, Any] | None, pods: list[dict[str, Any]], concluded: bool
+) -> None:
+    assert read_state(job, pods).concluded is concluded

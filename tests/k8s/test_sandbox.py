@@ -126,6 +126,17 @@ async def test_container_exit_without_result_reports_exit_code_and_log(cluster: 
     await assert_no_leftovers(cluster)
 
 
+async def test_a_lost_executor_waits_for_the_jobs_own_verdict(cluster: Cluster) -> None:
+    """The pod's failure shows before the Job controller marks the Job: the error still
+    names the Job's reason, not only the pod's exit."""
+    cluster.kubelet.verdict_delay = 1.0
+    async with started(cluster.sandbox(f"{EXECUTORS}:crash")) as sandbox:
+        outcome = await sandbox.run(task(), 30)
+    assert not outcome.ok and outcome.error is not None
+    assert "BackoffLimitExceeded" in outcome.error and "exit code 7" in outcome.error
+    await assert_no_leftovers(cluster)
+
+
 async def test_image_pull_failure_fails_fast_with_the_reason(cluster: Cluster) -> None:
     sandbox = cluster.sandbox(image="registry.invalid/nope:1", start_timeout=30)
     async with started(sandbox):

@@ -513,12 +513,13 @@ class K8sSandbox:
         settled = self._settled(attempt, expectation)
         if isinstance(settled, Outcome):
             return settled
-        # The executor's connection dropped: let Kubernetes say why (OOMKilled...).
+        # The executor's connection dropped: let Kubernetes say why (OOMKilled...), and
+        # the Job's own verdict too, which follows its pod's end by a moment.
         loop = asyncio.get_running_loop()
         until = loop.time() + self.lost_grace
         while True:
             state = await self._observe(attempt, name, state)
-            if state.over or loop.time() >= until or attempt.stop.is_set():
+            if (state.over and state.concluded) or loop.time() >= until or attempt.stop.is_set():
                 break
             await asyncio.sleep(min(self.poll_interval, max(0.0, until - loop.time())))
         if state.phase is JobPhase.FAILED or state.phase is JobPhase.GONE:

@@ -273,6 +273,10 @@ class JobState:
     phase: JobPhase
     reason: str | None = None
     detail: str = ""
+    #: The Job itself says it is over (a ``Failed`` or ``Complete`` condition) or is
+    #: gone; False while only its pod shows the end, before the Job controller has
+    #: marked the Job (and named its reason, e.g. ``BackoffLimitExceeded``).
+    concluded: bool = False
 
     @property
     def over(self) -> bool:
@@ -374,7 +378,7 @@ def read_state(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]])
     reason wins as the attempt's ``reason`` because it is the more specific one.
     """
     if job is None:
-        return JobState(JobPhase.GONE, "Deleted", "was deleted")
+        return JobState(JobPhase.GONE, "Deleted", "was deleted", concluded=True)
     pod = _newest(pods)
     pod_failure = _pod_failure(pod) if pod is not None else None
     failed = _condition(job, "Failed")
@@ -383,15 +387,21 @@ def read_state(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]])
         detail = f"failed: {_sentence(reason, failed.get('message'))}"
         if pod_failure is not None:
             return JobState(
-                JobPhase.FAILED, pod_failure[0] or reason, f"{detail}; {pod_failure[1]}"
+                JobPhase.FAILED,
+                pod_failure[0] or reason,
+                f"{detail}; {pod_failure[1]}",
+                concluded=True,
             )
-        return JobState(JobPhase.FAILED, reason, detail)
+        return JobState(JobPhase.FAILED, reason, detail, concluded=True)
     if pod_failure is not None:
         return JobState(JobPhase.FAILED, pod_failure[0], f"failed: {pod_failure[1]}")
     status = job.get("status") or {}
     pod_phase = ((pod or {}).get("status") or {}).get("phase")
     if _condition(job, "Complete") or status.get("succeeded") or pod_phase == "Succeeded":
-        return JobState(JobPhase.SUCCEEDED, "Completed", "completed: the container exited 0")
+        concluded = bool(_condition(job, "Complete") or status.get("succeeded"))
+        return JobState(
+            JobPhase.SUCCEEDED, "Completed", "completed: the container exited 0", concluded
+        )
     running = ((_container_status(pod).get("state") or {}).get("running")) if pod else None
     if pod_phase == "Running" or running:
         return JobState(JobPhase.RUNNING)
