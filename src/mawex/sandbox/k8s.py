@@ -513,15 +513,8 @@ class K8sSandbox:
         settled = self._settled(attempt, expectation)
         if isinstance(settled, Outcome):
             return settled
-        # The executor's connection dropped: let Kubernetes say why (OOMKilled...), and
-        # the Job's own verdict too, which follows its pod's end by a moment.
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self.lost_grace
-        while True:
-            state = await self._observe(attempt, name, state)
-            if (state.over and state.concluded) or loop.time() >= until or attempt.stop.is_set():
-                break
-            await asyncio.sleep(min(self.poll_interval, max(0.0, until - loop.time())))
+        # The executor's connection dropped: let Kubernetes say why (OOMKilled...).
+        state = await self._verdict(attempt, name, state, self.lost_grace)
         if state.phase is JobPhase.FAILED or state.phase is JobPhase.GONE:
             return await self._failure_with_logs(
                 attempt, f"Job {name} {state.detail} (executor: {settled})"
@@ -536,11 +529,13 @@ class K8sSandbox:
         self, attempt: _Attempt, expectation: Expectation, name: str, state: JobState
     ) -> Outcome:
         """The Job ended or vanished before a result came: wait briefly for one, else fail."""
-        await asyncio.wait({expectation.outcome}, timeout=min(2.0, self.lost_grace))
+        grace = min(2.0, self.lost_grace)
+        await asyncio.wait({expectation.outcome}, timeout=grace)
         if expectation.outcome.done():
             settled = self._settled(attempt, expectation)
             if isinstance(settled, Outcome):
                 return settled
+        state = await self._verdict(attempt, name, state, grace)
         if state.phase is JobPhase.GONE:
             return self._failure(f"Job {name} was deleted before the task finished")
         if state.phase is JobPhase.SUCCEEDED:
@@ -548,6 +543,22 @@ class K8sSandbox:
                 attempt, f"Job {name} completed but its executor reported no result"
             )
         return await self._failure_with_logs(attempt, f"Job {name} {state.detail}")
+
+    async def _verdict(
+        self, attempt: _Attempt, name: str, state: JobState, within: float
+    ) -> JobState:
+        """The Job's state once the Job itself has concluded (its controller marks it a
+        moment after its pod ends, with the reason: ``BackoffLimitExceeded``...), or as
+        it is after ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within
+        state = await self._observe(attempt, name, state)
+        while not (state.over and state.concluded):
+            if loop.time() >= until or attempt.stop.is_set():
+                break
+            await asyncio.sleep(min(self.poll_interval, max(0.0, until - loop.time())))
+            state = await self._observe(attempt, name, state)
+        return state
 
     async def _failure_with_logs(self, attempt: _Attempt, error: str) -> Outcome:
         tail = await self._log_tail(attempt)
