@@ -31,7 +31,7 @@ async def test_a_kick_keeps_the_loop_polling_for_the_window_then_it_sleeps() -> 
     # a single sleep of the whole window: the loop goes on polling underneath it
     await asyncio.sleep(0.05)
     during = poll.polls
-    assert during > 10, during
+    assert during > 2, during  # it kept rescheduling itself, not one call and done
     await _until(lambda: not poll.polling)
     stopped_at, spent = poll.polls, poll.seconds
     assert spent >= 0.05
