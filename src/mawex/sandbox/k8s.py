@@ -529,13 +529,13 @@ class K8sSandbox:
         self, attempt: _Attempt, expectation: Expectation, name: str, state: JobState
     ) -> Outcome:
         """The Job ended or vanished before a result came: wait briefly for one, else fail."""
-        grace = min(2.0, self.lost_grace)
-        await asyncio.wait({expectation.outcome}, timeout=grace)
+        await asyncio.wait({expectation.outcome}, timeout=min(2.0, self.lost_grace))
         if expectation.outcome.done():
             settled = self._settled(attempt, expectation)
             if isinstance(settled, Outcome):
                 return settled
-        state = await self._verdict(attempt, name, state, grace)
+        # read again after that wait: the Job may have concluded (with its reason) since
+        state = await self._verdict(attempt, name, state, 0.0)
         if state.phase is JobPhase.GONE:
             return self._failure(f"Job {name} was deleted before the task finished")
         if state.phase is JobPhase.SUCCEEDED:
