@@ -9,6 +9,7 @@ import signal
 import click
 
 from mawex.cli.options import log_options, option, run_async, token_option
+from mawex.master.busy_poll import MAX_WINDOW_S
 
 log = logging.getLogger("mawex.master")
 
@@ -129,7 +130,7 @@ log = logging.getLogger("mawex.master")
 )
 @option(
     "--busy-poll",
-    type=click.FloatRange(0, 1),
+    type=click.FloatRange(0, MAX_WINDOW_S),
     default=0.0,
     help="Seconds the master keeps polling after each change of state instead of sleeping "
     "(e.g. 0.0005): lower latency for sparse traffic, for up to one core of CPU. 0: off.",

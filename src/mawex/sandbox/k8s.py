@@ -535,7 +535,7 @@ class K8sSandbox:
             if isinstance(settled, Outcome):
                 return settled
         # read again after that wait: the Job may have concluded (with its reason) since
-        state = await self._verdict(attempt, name, state, 0.0)
+        state = await self._observe(attempt, name, state)
         if state.phase is JobPhase.GONE:
             return self._failure(f"Job {name} was deleted before the task finished")
         if state.phase is JobPhase.SUCCEEDED:
