@@ -10,6 +10,7 @@ the way httpx drives ``Auth.auth_flow``, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -232,6 +233,12 @@ class Attempt:
 
 
 # -- encoding and parsing -----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=128)
+def _hold_timeout(timeout: float | None, wait: float) -> httpx.Timeout:
+    read = None if timeout is None else timeout + wait
+    return httpx.Timeout(timeout, read=read)
 
 
 def encode_json(value: Any) -> bytes:
@@ -554,8 +561,7 @@ class ClientCore:
 
     def _hold(self, wait: float) -> httpx.Timeout:
         """The timeout of a request the master may hold for ``wait`` seconds."""
-        read = None if self.timeout is None else self.timeout + wait
-        return httpx.Timeout(self.timeout, read=read)
+        return _hold_timeout(self.timeout, wait)
 
     def call(
         self,

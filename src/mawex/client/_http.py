@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import threading
@@ -185,7 +186,8 @@ class LeanResponse(httpx.Response):
         url: str,
     ) -> None:
         self.status_code = status_code
-        self.headers = httpx.Headers(headers)
+        self._raw_headers = headers
+        self._headers: httpx.Headers | None = None
         self._content = content
         self._request: httpx.Request | None = None
         self._method = method
@@ -198,6 +200,17 @@ class LeanResponse(httpx.Response):
         self.default_encoding = "utf-8"
         self.stream = httpx.ByteStream(content)
         self._num_bytes_downloaded = len(content)
+
+    @property
+    def headers(self) -> httpx.Headers:
+        """The response's headers (built when first asked for: a success seldom is)."""
+        if self._headers is None:
+            self._headers = httpx.Headers(self._raw_headers)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: httpx.Headers) -> None:
+        self._headers = value
 
     @property
     def request(self) -> httpx.Request:
@@ -222,24 +235,50 @@ def _prepare(
     headers: Mapping[str, str] | None,
 ) -> tuple[Origin, str, bytes]:
     """The origin (scheme, host, port), the full URL and the bytes of one request."""
+    split = _split(url)
+    if split is None:
+        raise _named(httpx.UnsupportedProtocol(f"cannot request {url!r}"), method, url)
+    origin, netloc, target = split
     if params:
-        url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+        query = _query(tuple(params.items()))
+        url = f"{url}{'&' if '?' in url else '?'}{query}"
+        target = f"{target}{'&' if '?' in target else '?'}{query}"
+    body = content or b""
+    extra = _header_lines(tuple(headers.items())) if headers else ""
+    data = (
+        f"{method} {target} HTTP/1.1\r\nhost: {netloc}\r\n{head}{extra}"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode("latin-1") + body
+    return origin, url, data
+
+
+@functools.lru_cache(maxsize=512)
+def _split(url: str) -> tuple[Origin, str, str] | None:
+    """``url``'s origin, ``host[:port]`` and request target; None if it cannot be requested.
+
+    Cached: a client asks for the same few URLs over and over.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme
     host = parts.hostname or ""
     if scheme not in ("http", "https") or not host:
-        raise _named(httpx.UnsupportedProtocol(f"cannot request {url!r}"), method, url)
+        return None
     port = parts.port or (443 if scheme == "https" else 80)
     target = parts.path or "/"
     if parts.query:
         target = f"{target}?{parts.query}"
-    body = content or b""
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    data = (
-        f"{method} {target} HTTP/1.1\r\nhost: {parts.netloc}\r\n{head}{extra}"
-        f"content-length: {len(body)}\r\n\r\n"
-    ).encode("latin-1") + body
-    return (scheme, host, port), url, data
+    return (scheme, host, port), parts.netloc, target
+
+
+@functools.lru_cache(maxsize=64)
+def _header_lines(headers: tuple[tuple[str, str], ...]) -> str:
+    return "".join(f"{k}: {v}\r\n" for k, v in headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _query(params: tuple[tuple[str, str], ...]) -> str:
+    """``params`` URL-encoded (cached: a client's query strings repeat)."""
+    return urlencode(params)
 
 
 class _Pool(abc.ABC):

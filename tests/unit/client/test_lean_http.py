@@ -278,6 +278,20 @@ async def test_garbage_is_a_protocol_error(make: MakePool) -> None:
         await http.aclose()
 
 
+async def test_params_join_a_query_already_in_the_url(make: MakePool) -> None:
+    async with serve(always_ok) as server:
+        http = make()
+        for path in ("/a?x=1", "/b", "/a?x=1"):
+            response = await http.request("GET", f"{server.url}{path}", params={"wait": "2"})
+        await http.aclose()
+    assert [r.split(b"\r\n", 1)[0] for r in server.requests] == [
+        b"GET /a?x=1&wait=2 HTTP/1.1",
+        b"GET /b?wait=2 HTTP/1.1",
+        b"GET /a?x=1&wait=2 HTTP/1.1",
+    ]
+    assert str(response.request.url) == f"{server.url}/a?x=1&wait=2"
+
+
 async def test_unsupported_url_is_refused(make: MakePool) -> None:
     http = make()
     with pytest.raises(httpx.UnsupportedProtocol):
