@@ -6,6 +6,10 @@ after another (submit and wait in one request). Prints p50/p99/mean in ms and th
 (user + system, all threads) each process spent per task. ``--busy-poll S`` runs the
 master with ``--busy-poll S`` (it keeps polling S seconds after each turn).
 
+``--timeline`` also prints where the time of a median round trip goes: each
+process records timestamps at its steps (``bench/timeline_probe``; about a
+microsecond per step), lined up on the machine's monotonic clock.
+
 ``--src DIR`` runs the master, the worker and the client from another checkout's
 ``src`` (``git worktree add /tmp/before <commit>``), so a change can be measured
 against its parent with alternated runs on the same machine::
@@ -19,6 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import collections
+import importlib.util
 import os
 import subprocess
 import sys
@@ -31,6 +38,7 @@ from _common import JournalSetup, Processes, free_port, git_describe, percentile
 
 GROUP = "rt"
 EXECUTOR = "mawex.examples.demo:echo"
+PROBE_DIR = Path(__file__).resolve().parent / "timeline_probe"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,6 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="mawex master --busy-poll: seconds it keeps polling after each turn",
     )
     add("--samples", default=None, help="write each call's start (s) and round trip (ms) here")
+    add("--timeline", action="store_true", help="print where a median round trip's time goes")
     add("--src", default=None, help="the src/ of this checkout (default) or of another one")
     pg_url = os.environ.get("MAWEX_BENCH_POSTGRESQL", "")
     add("--pg-url", default=pg_url, help="server of --journal postgresql (a fresh database)")
@@ -115,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {"PYTHONPATH": src}
     with tempfile.TemporaryDirectory(prefix="mawex-rt-") as tmp:
         workdir = Path(tmp)
+        probe = None
+        if args.timeline:
+            (workdir / "timeline").mkdir()
+            env = {"PYTHONPATH": f"{PROBE_DIR}{os.pathsep}{src}"}
+            env["MAWEX_BENCH_TIMELINE"] = os.environ["MAWEX_BENCH_TIMELINE"] = str(
+                workdir / "timeline"
+            )
+            probe = _load_probe()
         journal = JournalSetup(args.journal, workdir, *([args.pg_url] if args.pg_url else []))
         procs = Processes(workdir)
         journal.create()
@@ -164,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             procs.stop_all()
             journal.drop()
+        if probe is not None:
+            probe._write()
+            steps = _timeline(workdir / "timeline", args.tasks)
     n = len(samples)
     master_us, worker_us = (c / n * 1e6 for c in cpu)
     print(
@@ -174,7 +194,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"ms mean {sum(samples) / n * 1e3:.3f} ms | CPU per task: master {master_us:.0f} us, "
         f"worker {worker_us:.0f} us, client {own / n * 1e6:.0f} us"
     )
+    if args.timeline:
+        print(steps)
     return 0
+
+
+def _load_probe() -> object:
+    """The timeline probe, installed in this process (the client) too."""
+    spec = importlib.util.spec_from_file_location("timeline_probe", PROBE_DIR / "sitecustomize.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timeline(directory: Path, last: int) -> str:
+    """The steps of the ``last`` round trips, as a table of median offsets (us)."""
+    marks: list[tuple[int, str]] = []
+    for path in directory.glob("*.tl"):
+        for line in path.read_text().splitlines():
+            step, ns = line.split()
+            marks.append((int(ns), step))
+    marks.sort()
+    trips: list[tuple[int, int]] = []
+    started = None
+    for ns, step in marks:
+        if step == "client.request":
+            started = ns
+        elif step == "client.reply" and started is not None:
+            trips.append((started, ns))
+            started = None
+    trips = trips[-last:]
+    times = [ns for ns, _ in marks]
+    sequences: list[tuple[tuple[str, ...], list[float]]] = []
+    for start, end in trips:
+        seen: collections.Counter[str] = collections.Counter()
+        order: list[str] = []
+        at: list[float] = []
+        for ns, step in marks[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]:
+            seen[step] += 1
+            order.append(f"{step}#{seen[step]}" if seen[step] > 1 else step)
+            at.append((ns - start) / 1e3)
+        sequences.append((tuple(order), at))
+    # medians over the round trips whose steps came in the most common order
+    common, count = collections.Counter(order for order, _ in sequences).most_common(1)[0]
+    columns = list(zip(*(at for order, at in sequences if order == common), strict=True))
+    lines = [
+        f"steps of a round trip, median us from the client's request "
+        f"(over the {count} of {len(trips)} round trips whose steps came in this order; "
+        "#2: a step's second time):",
+        f"  {'step':28} {'at':>8} {'since the last':>15}",
+    ]
+    previous = 0.0
+    for key, column in zip(common, columns, strict=True):
+        at_us = percentile(column, 0.5)
+        lines.append(f"  {key:28} {at_us:8.1f} {at_us - previous:+15.1f}")
+        previous = at_us
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""Timestamps at the steps of a round trip, for ``bench/roundtrip.py --timeline``.
+
+Imported at start-up by every Python process that has this directory on its
+``PYTHONPATH`` while ``MAWEX_BENCH_TIMELINE`` names a directory: it wraps the
+functions below so that each call records ``(step, CLOCK_MONOTONIC ns)``, and at
+exit writes them to ``<pid>.tl`` there. The clock is the machine's, so the steps
+of the client, the master and the worker line up. Each mark costs about a
+microsecond; the wrapped functions are otherwise unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import os
+import time
+from typing import Any
+
+_DIR = os.environ.get("MAWEX_BENCH_TIMELINE", "")
+_marks: list[tuple[str, int]] = []
+_now = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: one clock for every process
+
+#: (module, class or "", function, step at the call, step at the return or "")
+PROBES = (
+    ("mawex.client.sync", "Client", "run", "client.request", "client.reply"),
+    ("mawex.client.async_", "AsyncClient", "run", "client.request", "client.reply"),
+    ("mawex.client._http", "_BlockingConnection", "roundtrip", "client.send", "client.received"),
+    ("mawex.client._http", "_Connection", "roundtrip", "client.send", "client.received"),
+    (
+        "uvicorn.protocols.http.httptools_impl",
+        "HttpToolsProtocol",
+        "data_received",
+        "master.http_read",
+        "",
+    ),
+    ("mawex.server.tasks", "TaskEndpoints", "_submit", "master.submit_handler", ""),
+    ("mawex.master.engine", "Engine", "_turn", "master.turn", "master.turn_done"),
+    ("mawex.journal.sqlite", "SQLiteJournal", "append", "master.append", "master.append_done"),
+    (
+        "mawex.journal.postgresql",
+        "PostgreSQLJournal",
+        "append",
+        "master.append",
+        "master.append_done",
+    ),
+    (
+        "uvicorn.protocols.websockets.websockets_sansio_impl",
+        "WebSocketsSansIOProtocol",
+        "data_received",
+        "master.ws_read",
+        "",
+    ),
+    (
+        "uvicorn.protocols.websockets.websockets_sansio_impl",
+        "WebSocketsSansIOProtocol",
+        "send",
+        "master.ws_write",
+        "master.ws_written",
+    ),
+    ("starlette.websockets", "WebSocket", "receive", "", "master.ws_message"),
+    (
+        "uvicorn.protocols.http.httptools_impl",
+        "RequestResponseCycle",
+        "send",
+        "master.http_write",
+        "master.http_written",
+    ),
+    ("websockets.asyncio.connection", "Connection", "data_received", "worker.ws_read", ""),
+    ("mawex.worker.runner", "Worker", "_execute", "worker.execute", ""),
+    ("mawex.sandbox.local", "", "_settle", "worker.executor_done", ""),
+    ("mawex.worker.runner", "Worker", "_send", "worker.send", "worker.sent"),
+)
+
+
+def _wrap(owner: Any, name: str, before: str, after: str) -> None:
+    fn = getattr(owner, name)
+    mark = _marks.append
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                mark((before, _now()))
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                if after:
+                    mark((after, _now()))
+
+        setattr(owner, name, timed_async)
+    else:
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                mark((before, _now()))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if after:
+                    mark((after, _now()))
+
+        setattr(owner, name, timed)
+
+
+def _install() -> None:
+    import importlib
+
+    for module_name, class_name, function, before, after in PROBES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        _wrap(getattr(module, class_name) if class_name else module, function, before, after)
+
+
+def _write() -> None:
+    """Write the marks so far (once: later calls, at exit too, do nothing)."""
+    atexit.unregister(_write)
+    if not os.path.isdir(_DIR):  # the run failed and its directory is gone
+        return
+    with open(os.path.join(_DIR, f"{os.getpid()}.tl"), "w") as out:
+        out.writelines(f"{step} {ns}\n" for step, ns in _marks)
+    _marks.clear()
+
+
+if _DIR:
+    _install()
+    atexit.register(_write)
