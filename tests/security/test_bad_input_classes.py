@@ -147,6 +147,7 @@ HTTP: list[tuple[str, str, str, Any, dict[str, str], int, str]] = [
     ("wait too long", "GET", "/v1/tasks/g/x-1?wait=1000", None, AUTH, 400, "invalid"),
     ("unknown query parameter", "GET", "/v1/state?debug=1", None, AUTH, 400, "invalid"),
     ("repeated query parameter", "GET", "/v1/results?from=1&from=2", None, AUTH, 400, "invalid"),
+    ("unknown long parameter", "GET", "/v1/state?" + "x" * 150 + "=1", None, AUTH, 400, "invalid"),
 ]
 
 

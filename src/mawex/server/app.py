@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,7 +15,7 @@ from mawex.master.engine import Engine
 from mawex.server import ops, results, tasks, worker_ws
 from mawex.server.limits import NetLimits, RequestGuard, refuse_websocket
 from mawex.server.responses import error_response, mawex_error_handler
-from mawex.wire.api import ApiLimits
+from mawex.wire.api import ApiLimits, query_pairs
 
 #: No token needed: liveness only (page shells come with 401 and ask for the token).
 OPEN_PATHS = frozenset({"/healthz"})
@@ -121,7 +120,7 @@ class StrictQuery:
         query: bytes = scope.get("query_string", b"")
         if query and path.startswith("/v1/") and scope["type"] in ("http", "websocket"):
             allowed = QUERY_PARAMS.get(path, _TASK_QUERY)
-            names = [name for name, _ in parse_qsl(query.decode("latin-1"), True)]
+            names = [name for name, _ in query_pairs(query)]
             unknown = sorted(set(names) - allowed)
             error = None
             if unknown:

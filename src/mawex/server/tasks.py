@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -128,7 +127,7 @@ def _wait(scope: Scope) -> float:
     query: bytes = scope.get("query_string", b"")
     if not query:
         return 0.0
-    params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    params = dict(api.query_pairs(query))
     return api.parse_seconds(params.get("wait"), "wait", MAX_WAIT_S)
 
 

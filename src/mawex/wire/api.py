@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import functools
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -141,6 +143,25 @@ def parse_int(value: str | None, name: str, default: int, low: int, high: int) -
     if not low <= number <= high:
         raise Rejected(f"query parameter {name!r} must be between {low} and {high}")
     return number
+
+
+#: Query strings up to this many bytes are parsed once and remembered: clients repeat
+#: the same few (``wait=30``), and longer ones are not worth the memory.
+CACHED_QUERY_BYTES = 100
+
+
+def query_pairs(query: bytes) -> tuple[tuple[str, str], ...]:
+    """A request's query string as (name, value) pairs, in order, blank values kept."""
+    if len(query) <= CACHED_QUERY_BYTES:
+        return _remembered_query_pairs(query)
+    return _query_pairs(query)
+
+
+def _query_pairs(query: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+
+
+_remembered_query_pairs = functools.lru_cache(maxsize=256)(_query_pairs)
 
 
 def parse_flag(value: str | None, name: str) -> bool:
