@@ -108,6 +108,33 @@ class _ExecutorThread:
                 pass
 
 
+async def _first_done(
+    one: asyncio.Future[Any], other: asyncio.Future[Any], timeout_s: float | None
+) -> None:
+    """Return once ``one`` or ``other`` is done, or ``timeout_s`` has passed.
+
+    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` without its sets and checks:
+    this is on the path of every attempt. Cancelling the caller leaves both alone.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    one.add_done_callback(wake)
+    other.add_done_callback(wake)
+    timer = None if timeout_s is None else loop.call_later(timeout_s, wake)
+    try:
+        await waiter
+    finally:
+        one.remove_done_callback(wake)
+        other.remove_done_callback(wake)
+        if timer is not None:
+            timer.cancel()
+
+
 def _settle(future: asyncio.Future[_Result], result: _Result) -> None:
     if not future.done():
         future.set_result(result)
@@ -241,9 +268,7 @@ class LocalSandbox:
         if work.done():
             return True
         if not attempt.stop.done():
-            await asyncio.wait(
-                {work, attempt.stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            await _first_done(work, attempt.stop, timeout_s)
         return work.done() and not attempt.stop.done()
 
     def _stopped(
