@@ -33,7 +33,7 @@ class Topic:
             self._recent.append((record.topic, ev.topic_record_body(record.body, record.topic)))
             self.next = record.topic + 1
             added = True
-        if added:
+        if added and self.subscribers:  # (one that starts waiting later sees ``next`` first)
             asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
