@@ -26,6 +26,7 @@ from typing import Any, TypeAlias, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
+import msgspec
 
 from mawex.errors import (
     ConfigError,
@@ -249,7 +250,16 @@ def encode_json(value: Any) -> bytes:
         raise Rejected(f"not JSON-serializable: {exc}") from exc
 
 
+_decode_json = msgspec.json.Decoder().decode
+
+
 def decode_body(response: httpx.Response) -> Any:
+    """The response's JSON body: msgspec's fast decoder, and the standard library's for
+    what only it takes (``NaN``, numbers beyond a double, other UTF encodings)."""
+    try:
+        return _decode_json(response.content)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
     try:
         return response.json()
     except ValueError as exc:

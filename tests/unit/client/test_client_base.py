@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import mawex.client
 from mawex.client._base import (
     Attempt,
     Failover,
+    decode_body,
     error_from_response,
     parse_event,
     parse_masters,
@@ -220,3 +222,27 @@ def test_client_imports_no_server_side() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"id":"t1","result":[1,2.5,null,true,"\\u00e9"]}', None),
+        (b"[123456789012345678901234567890, -0.0]", None),
+        (b'{"a": 1, "a": 2}', None),
+        (b"[NaN]", None),  # not JSON, but the standard library takes it
+        (b"[1e400]", None),
+        ('{"x": "é"}'.encode("utf-16"), {"x": "é"}),
+    ],
+)
+def test_decode_body_reads_what_json_loads_reads(content: bytes, expected: object) -> None:
+    response = httpx.Response(200, content=content, request=httpx.Request("GET", "http://m/"))
+    decoded = decode_body(response)
+    want = json.loads(content) if expected is None else expected
+    assert repr(decoded) == repr(want)  # (repr: NaN is not equal to itself)
+
+
+def test_decode_body_refuses_what_is_not_json() -> None:
+    response = httpx.Response(200, content=b"<html>", request=httpx.Request("GET", "http://m/x"))
+    with pytest.raises(MawexError, match="malformed response from http://m/x"):
+        decode_body(response)
