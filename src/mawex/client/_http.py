@@ -20,6 +20,7 @@ import abc
 import asyncio
 import contextlib
 import functools
+import queue
 import socket
 import ssl
 import threading
@@ -465,7 +466,9 @@ class LeanHttpSync(_Pool):
     def _init_connections(self) -> None:
         self._lock = threading.Lock()
         self._idle: dict[Origin, list[_BlockingConnection]] = {}
-        self._slots: dict[Origin, threading.BoundedSemaphore] = {}
+        #: Per origin, one token per connection that may be open (a C-level queue: a
+        #: semaphore in Python costs more than the rest of the request's bookkeeping).
+        self._slots: dict[Origin, queue.SimpleQueue[None]] = {}
 
     def request(
         self,
@@ -485,9 +488,15 @@ class LeanHttpSync(_Pool):
         with self._lock:
             slots = self._slots.get(key)
             if slots is None:
-                slots = self._slots[key] = threading.BoundedSemaphore(self._max)
-        if not slots.acquire(timeout=limits.pool):
-            raise _named(httpx.PoolTimeout("no free connection to the master"), method, url)
+                slots = self._slots[key] = queue.SimpleQueue()
+                for _ in range(self._max):
+                    slots.put(None)
+        try:
+            slots.get(timeout=limits.pool)
+        except queue.Empty:
+            raise _named(
+                httpx.PoolTimeout("no free connection to the master"), method, url
+            ) from None
         try:
             for attempt in range(2):
                 connection = self._connection(key, limits)
@@ -508,7 +517,7 @@ class LeanHttpSync(_Pool):
             _named(exc, method, url)
             raise
         finally:
-            slots.release()
+            slots.put(None)
 
     def _connection(self, key: Origin, limits: httpx.Timeout) -> _BlockingConnection:
         with self._lock:

@@ -161,6 +161,26 @@ async def test_concurrent_requests_use_at_most_the_pool_size(make: MakePool) -> 
     assert server.connections == 3
 
 
+async def test_waiting_for_a_free_connection_past_the_pool_timeout(make: MakePool) -> None:
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.5)
+        writer.write(ok())
+        return True
+
+    async with serve(slow) as server:
+        http = make(max_connections=1)
+        url = f"{server.url}/v1/state"
+        first = asyncio.ensure_future(http.request("GET", url))
+        await asyncio.sleep(0.1)  # the first holds the only connection
+        with pytest.raises(httpx.PoolTimeout):
+            await http.request("GET", url, timeout=httpx.Timeout(5.0, pool=0.05))
+        assert (await first).status_code == 200
+        # the slot came back: the next request gets the connection
+        assert (await http.request("GET", url)).status_code == 200
+        await http.aclose()
+    assert server.connections == 1
+
+
 async def test_chunked_response_is_decoded(make: MakePool) -> None:
     async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(
