@@ -242,10 +242,13 @@ def _hold_timeout(timeout: float | None, wait: float) -> httpx.Timeout:
     return httpx.Timeout(timeout, read=read)
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_json(value: Any) -> bytes:
     """Strict JSON (no NaN), raising :class:`Rejected` for what JSON cannot carry."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        return _encode_json(value).encode()
     except (TypeError, ValueError) as exc:
         raise Rejected(f"not JSON-serializable: {exc}") from exc
 
