@@ -13,6 +13,19 @@ write lock across processes, so the fence check (the namespace's epoch read
 inside the transaction) and the write are atomic for every process that shares
 the file. A batch of records is one transaction (group commit).
 
+SQLite copies the WAL back into the database file (a checkpoint) inside the commit
+that takes it past 1,000 pages: with appends on the event loop, that commit stalled
+the master for milliseconds (3 to 5 ms with ``synchronous=normal``, whose only fsyncs
+are the checkpoint's, as it flushes a WAL written without them). With ``normal``, a
+background checkpointer, on a thread and connection of its own, copies what has
+accumulated after every :data:`CHECKPOINT_APPENDS` appends or
+:data:`CHECKPOINT_RECORDS` records (``PASSIVE``: it never blocks the writer), so the
+commit's own checkpoint finds little left to do. It cannot do it all: only the
+writer's checkpoint, between two commits, lets the next commit start the WAL over.
+With ``full`` every commit's pages are already on disk, the commit's checkpoint costs
+about a millisecond, and fsyncs of a background checkpoint would compete with the
+commits' own: there is none.
+
 Durability follows ``synchronous`` (see :mod:`mawex.journal`): ``full`` fsyncs
 each commit, ``normal`` survives a process crash but not a power loss. Lease
 times use this machine's :func:`time.time`. The file must be on a local file
@@ -33,6 +46,7 @@ usual. Use PostgreSQL where a stalled host must not stall the cluster.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -49,6 +63,7 @@ _T = TypeVar("_T")
 Synchronous = Literal["full", "normal"]
 
 _Q: Final = load_queries("sqlite.sql")
+log = logging.getLogger(__name__)
 #: How long a writer waits for another process's write lock before failing.
 DEFAULT_BUSY_TIMEOUT: Final = 10.0
 #: Records deleted per transaction by :meth:`SQLiteJournal.trim`.
@@ -57,6 +72,61 @@ TRIM_CHUNK: Final = 20_000
 INLINE_FSYNC_RECORDS: Final = 8
 #: ...while the last fsync'd append took less than this many seconds.
 INLINE_FSYNC_SECONDS: Final = 0.001
+#: Appends, or records, after which the background checkpointer runs: a few times
+#: between two of the writer's own checkpoints (every 1,000 pages of WAL).
+CHECKPOINT_APPENDS: Final = 50
+CHECKPOINT_RECORDS: Final = 500
+
+
+class _Checkpointer:
+    """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a thread and connection of its own."""
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mawex-sqlite-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._pending = False
+        self._closed = False
+        #: Checkpoints run so far.
+        self.runs = 0
+
+    def kick(self) -> None:
+        """Checkpoint soon, unless one is already on its way."""
+        if not self._pending and not self._closed:
+            self._pending = True
+            self._executor.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(
+                    self._path, timeout=self._busy_timeout, isolation_level=None
+                )
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.runs += 1
+        except sqlite3.Error as exc:  # the writer's own checkpoint still does the work
+            log.warning(
+                "background checkpoint failed",
+                extra={
+                    "action": "journal_checkpoint_failed",
+                    "path": self._path,
+                    "error": str(exc),
+                },
+            )
+        finally:
+            self._pending = False
+
+    def close(self) -> None:
+        """Let a running checkpoint finish, then close (blocks: not on the event loop)."""
+        self._closed = True
+        self._executor.submit(self._close_connection)
+        self._executor.shutdown(wait=True)
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def _fence(epoch: int, current: int) -> None:
@@ -90,6 +160,10 @@ class SQLiteJournal:
         self._in_thread_lock = threading.Lock()
         #: How long the last fsync'd append took (``synchronous=full``): see _run_append.
         self._fsync_seconds = 0.0
+        self._checkpointer: _Checkpointer | None = None
+        #: Appends and records since the checkpointer was last asked to run.
+        self._unchecked_appends = 0
+        self._unchecked_records = 0
 
     @classmethod
     def from_url(cls, url: JournalURL, *, namespace: str = "default") -> SQLiteJournal:
@@ -181,6 +255,8 @@ class SQLiteJournal:
         except BaseException:
             executor.shutdown(wait=False)
             raise
+        if self.synchronous == "normal":
+            self._checkpointer = _Checkpointer(self.path, self.busy_timeout)
         self._executor = executor
         self._closed = False
 
@@ -240,6 +316,9 @@ class SQLiteJournal:
             executor.shutdown(wait=False)
 
     def _close_sync(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -264,8 +343,21 @@ class SQLiteJournal:
             finally:
                 if self.synchronous == "full":
                     self._fsync_seconds = time.perf_counter() - started
+            self._appended(len(rows))
 
         await self._run_append(transaction, len(rows))
+
+    def _appended(self, records: int) -> None:
+        """Count a committed append; every so often, have the WAL checkpointed."""
+        self._unchecked_appends += 1
+        self._unchecked_records += records
+        if (
+            self._unchecked_appends >= CHECKPOINT_APPENDS
+            or self._unchecked_records >= CHECKPOINT_RECORDS
+        ):
+            self._unchecked_appends = self._unchecked_records = 0
+            if self._checkpointer is not None:
+                self._checkpointer.kick()
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
         if limit <= 0:
