@@ -23,11 +23,15 @@ async def _append_all(journal: SQLiteJournal) -> int:
     return lease.epoch
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
 async def _wait_for_size(path: Path, size: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    while path.stat().st_size < size and time.monotonic() < deadline:
+    while _size(path) < size and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    return path.stat().st_size
+    return _size(path)
 
 
 async def test_normal_appends_are_copied_into_the_database_in_the_background(
@@ -37,7 +41,7 @@ async def test_normal_appends_are_copied_into_the_database_in_the_background(
     journal = SQLiteJournal(db, synchronous="normal")
     await journal.open()
     try:
-        before = db.stat().st_size
+        before = _size(db)
         await _append_all(journal)
         # the records only reach the database file itself through a checkpoint
         grown = await _wait_for_size(db, before + APPENDS * len(BODY) // 2, 10.0)
@@ -59,9 +63,9 @@ async def test_full_appends_leave_checkpoints_to_the_writer(tmp_path: Path) -> N
     journal = SQLiteJournal(db, synchronous="full")
     await journal.open()
     try:
-        before = db.stat().st_size
+        before = _size(db)
         await _append_all(journal)
         await asyncio.sleep(0.3)  # a background checkpoint, if there were one, would have run
-        assert db.stat().st_size < before + APPENDS * len(BODY) // 4
+        assert _size(db) < before + APPENDS * len(BODY) // 4
     finally:
         await journal.close()
