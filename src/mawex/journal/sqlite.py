@@ -15,7 +15,7 @@ the file. A batch of records is one transaction (group commit).
 
 SQLite copies the WAL back into the database file (a checkpoint) inside the commit
 that takes it past 1,000 pages: with appends on the event loop, that commit stalled
-the master for milliseconds (3 to 5 ms with ``synchronous=normal``, whose only fsyncs
+the master for milliseconds (4 to 6 ms with ``synchronous=normal``, whose only fsyncs
 are the checkpoint's, as it flushes a WAL written without them). With ``normal``, a
 background checkpointer, on a thread and connection of its own, copies what has
 accumulated after every :data:`CHECKPOINT_APPENDS` appends or
@@ -88,8 +88,6 @@ class _Checkpointer:
         self._conn: sqlite3.Connection | None = None
         self._pending = False
         self._closed = False
-        #: Checkpoints run so far.
-        self.runs = 0
 
     def kick(self) -> None:
         """Checkpoint soon, unless one is already on its way."""
@@ -104,7 +102,6 @@ class _Checkpointer:
                     self._path, timeout=self._busy_timeout, isolation_level=None
                 )
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.runs += 1
         except sqlite3.Error as exc:  # the writer's own checkpoint still does the work
             log.warning(
                 "background checkpoint failed",

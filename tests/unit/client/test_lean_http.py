@@ -145,13 +145,19 @@ async def test_sequential_requests_share_one_connection(make: MakePool) -> None:
     assert first.endswith(b'\r\n\r\n{"x":1}')
 
 
-async def test_concurrent_requests_use_at_most_the_pool_size(make: MakePool) -> None:
+def answer_after(seconds: float) -> Answer:
+    """A handler that answers ``200`` after ``seconds``."""
+
     async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(seconds)
         writer.write(ok())
         return True
 
-    async with serve(slow) as server:
+    return slow
+
+
+async def test_concurrent_requests_use_at_most_the_pool_size(make: MakePool) -> None:
+    async with serve(answer_after(0.02)) as server:
         http = make(max_connections=3)
         responses = await asyncio.gather(
             *(http.request("GET", f"{server.url}/v1/state") for _ in range(12))
@@ -162,16 +168,12 @@ async def test_concurrent_requests_use_at_most_the_pool_size(make: MakePool) -> 
 
 
 async def test_waiting_for_a_free_connection_past_the_pool_timeout(make: MakePool) -> None:
-    async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(0.5)
-        writer.write(ok())
-        return True
-
-    async with serve(slow) as server:
+    async with serve(answer_after(0.5)) as server:
         http = make(max_connections=1)
         url = f"{server.url}/v1/state"
         first = asyncio.ensure_future(http.request("GET", url))
-        await asyncio.sleep(0.1)  # the first holds the only connection
+        while not server.requests:  # until the first holds the only connection
+            await asyncio.sleep(0.005)
         with pytest.raises(httpx.PoolTimeout):
             await http.request("GET", url, timeout=httpx.Timeout(5.0, pool=0.05))
         assert (await first).status_code == 200
