@@ -322,34 +322,3 @@ async def test_sync_calls_reuse_one_thread() -> None:
         assert msgspec.json.decode(third.result) == msgspec.json.decode(first.result)
     finally:
         await sandbox.close()
-
-
-async def test_first_done_returns_on_either_future_or_the_deadline() -> None:
-    from mawex.sandbox.local import _first_done
-
-    loop = asyncio.get_running_loop()
-    for which in ("one", "other"):
-        one, other = loop.create_future(), loop.create_future()
-        target = one if which == "one" else other
-        loop.call_later(0.01, target.set_result, which)
-        await asyncio.wait_for(_first_done(one, other, None), 5)
-        assert target.done() and not (other if target is one else one).done()
-    one, other = loop.create_future(), loop.create_future()
-    started = loop.time()
-    await asyncio.wait_for(_first_done(one, other, 0.05), 5)
-    assert loop.time() - started >= 0.04 and not one.done() and not other.done()
-    assert not one._callbacks and not other._callbacks  # type: ignore[attr-defined]
-
-
-async def test_first_done_cancelled_leaves_both_futures_alone() -> None:
-    from mawex.sandbox.local import _first_done
-
-    loop = asyncio.get_running_loop()
-    one, other = loop.create_future(), loop.create_future()
-    waiting = asyncio.create_task(_first_done(one, other, None))
-    await asyncio.sleep(0)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    assert not one.done() and not other.done()
-    assert not one._callbacks and not other._callbacks  # type: ignore[attr-defined]

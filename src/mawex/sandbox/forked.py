@@ -90,6 +90,7 @@ from mawex.sandbox.child import (
 )
 from mawex.sandbox.connect_back import ChildLost, ConnectBackServer, Expectation, task_frame
 from mawex.sandbox.executor_ref import ERROR_LIMIT
+from mawex.sandbox.waiting import wait_any
 
 __all__ = ["KEPT_ENV", "MODES", "ForkedSandbox", "child_environment", "describe_status"]
 
@@ -157,13 +158,6 @@ def _kill_group(pid: int, *, leader_alive: bool = True) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-async def _wait_any(*futures: asyncio.Future[Any], timeout: float | None = None) -> None:
-    """Wait until one of ``futures`` is done, or ``timeout`` seconds."""
-    pending: set[asyncio.Future[Any]] = set(futures)
-    if not any(future.done() for future in pending):
-        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
 
 
 def _settle(
@@ -501,7 +495,7 @@ class _Zygote:
 
     async def death(self, timeout: float = 1.0) -> str:
         """How the zygote ended, in words (waits up to ``timeout`` for its exit status)."""
-        await _wait_any(self.exited, timeout=timeout)
+        await wait_any(self.exited, timeout=timeout)
         if not self.exited.done():
             return "closed its control socket"
         code = self.exited.result()
@@ -513,7 +507,7 @@ class _Zygote:
         """Close the control socket (the zygote kills its children and exits), wait, then kill."""
         if not self.died.done():
             self._gone()
-        await _wait_any(self.exited, timeout=timeout)
+        await wait_any(self.exited, timeout=timeout)
         if not self.exited.done():
             log.warning(
                 "the zygote did not exit: killing it",
@@ -523,7 +517,7 @@ class _Zygote:
                 self.popen.kill()
             except ProcessLookupError:
                 pass
-            await _wait_any(self.exited, timeout=10)
+            await wait_any(self.exited, timeout=10)
         if self._poller is not None:
             self._poller.cancel()
         if self._pidfd is not None:
@@ -800,7 +794,7 @@ class ForkedSandbox:
         timeout = (
             None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         )
-        await _wait_any(*futures, timeout=timeout)
+        await wait_any(*futures, timeout=timeout)
 
     async def _run(self, attempt: _Attempt, timeout_s: float | None) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -882,7 +876,7 @@ class ForkedSandbox:
             # The child exits once its result is written. Wait for that (briefly; the
             # group is killed anyway): the kernel has released its memory by then, so
             # the pod's next task never shares the machine with a dying one.
-            await _wait_any(ended, zygote.died, timeout=self.exit_grace_s)
+            await wait_any(ended, zygote.died, timeout=self.exit_grace_s)
             if reported.ok:
                 return reported
             _kill_group(pid, leader_alive=not ended.done())
@@ -892,15 +886,15 @@ class ForkedSandbox:
         if attempt.stop.done() or not over:
             # Cancelled, or timed out: kill the whole process group.
             _kill_group(pid, leader_alive=not exited.done())
-            await _wait_any(exited, zygote.died, timeout=self.exit_grace_s)
+            await wait_any(exited, zygote.died, timeout=self.exit_grace_s)
             lingering = None if exited.done() or zygote.died.done() else self._linger(exited)
             return self._stopped(attempt, lingering)
         # No result: the process died, or broke its channel, or its zygote died.
         if not exited.done():
-            await _wait_any(exited, timeout=self.exit_grace_s)
+            await wait_any(exited, timeout=self.exit_grace_s)
         _kill_group(pid, leader_alive=not exited.done())
         if exited.done() and exited.exception() is None:
-            await _wait_any(outcome, timeout=0.2)  # a result may still be in flight
+            await wait_any(outcome, timeout=0.2)  # a result may still be in flight
             if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
                 return self._reported(outcome.result(), output)
             await output.drain(0.5)

@@ -28,6 +28,7 @@ from mawex.sandbox.executor_ref import (
     format_error,
     load_executor,
 )
+from mawex.sandbox.waiting import wait_any
 
 __all__ = ["LocalSandbox"]
 
@@ -106,33 +107,6 @@ class _ExecutorThread:
                 loop.call_soon_threadsafe(_settle, future, result)
             except RuntimeError:  # the loop is closed: nobody waits for this result any more
                 pass
-
-
-async def _first_done(
-    one: asyncio.Future[Any], other: asyncio.Future[Any], timeout_s: float | None
-) -> None:
-    """Return once ``one`` or ``other`` is done, or ``timeout_s`` has passed.
-
-    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` without its sets and checks:
-    this is on the path of every attempt. Cancelling the caller leaves both alone.
-    """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    one.add_done_callback(wake)
-    other.add_done_callback(wake)
-    timer = None if timeout_s is None else loop.call_later(timeout_s, wake)
-    try:
-        await waiter
-    finally:
-        one.remove_done_callback(wake)
-        other.remove_done_callback(wake)
-        if timer is not None:
-            timer.cancel()
 
 
 def _settle(future: asyncio.Future[_Result], result: _Result) -> None:
@@ -267,8 +241,7 @@ class LocalSandbox:
         """Wait for ``work``; False when the deadline passed or the attempt was cancelled."""
         if work.done():
             return True
-        if not attempt.stop.done():
-            await _first_done(work, attempt.stop, timeout_s)
+        await wait_any(work, attempt.stop, timeout=timeout_s)
         return work.done() and not attempt.stop.done()
 
     def _stopped(
