@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             procs.stop_all()
             journal.drop()
         if probe is not None:
-            probe._write()
+            probe.write()
             steps = _timeline(workdir / "timeline", args.tasks)
     n = len(samples)
     master_us, worker_us = (c / n * 1e6 for c in cpu)
@@ -199,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _load_probe() -> object:
+def _load_probe() -> types.ModuleType:
     """The timeline probe, installed in this process (the client) too."""
     spec = importlib.util.spec_from_file_location("timeline_probe", PROBE_DIR / "sitecustomize.py")
     assert spec is not None and spec.loader is not None

@@ -21,55 +21,29 @@ _DIR = os.environ.get("MAWEX_BENCH_TIMELINE", "")
 _marks: list[tuple[str, int]] = []
 _now = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: one clock for every process
 
-#: (module, class or "", function, step at the call, step at the return or "")
+_HTTP = "uvicorn.protocols.http.httptools_impl"
+_WS = "uvicorn.protocols.websockets.websockets_sansio_impl"
+
+#: ("module:Class.function" or "module:function", step at the call, step at the return)
+#: ("" for no step)
 PROBES = (
-    ("mawex.client.sync", "Client", "run", "client.request", "client.reply"),
-    ("mawex.client.async_", "AsyncClient", "run", "client.request", "client.reply"),
-    ("mawex.client._http", "_BlockingConnection", "roundtrip", "client.send", "client.received"),
-    ("mawex.client._http", "_Connection", "roundtrip", "client.send", "client.received"),
-    (
-        "uvicorn.protocols.http.httptools_impl",
-        "HttpToolsProtocol",
-        "data_received",
-        "master.http_read",
-        "",
-    ),
-    ("mawex.server.tasks", "TaskEndpoints", "_submit", "master.submit_handler", ""),
-    ("mawex.master.engine", "Engine", "_turn", "master.turn", "master.turn_done"),
-    ("mawex.journal.sqlite", "SQLiteJournal", "append", "master.append", "master.append_done"),
-    (
-        "mawex.journal.postgresql",
-        "PostgreSQLJournal",
-        "append",
-        "master.append",
-        "master.append_done",
-    ),
-    (
-        "uvicorn.protocols.websockets.websockets_sansio_impl",
-        "WebSocketsSansIOProtocol",
-        "data_received",
-        "master.ws_read",
-        "",
-    ),
-    (
-        "uvicorn.protocols.websockets.websockets_sansio_impl",
-        "WebSocketsSansIOProtocol",
-        "send",
-        "master.ws_write",
-        "master.ws_written",
-    ),
-    ("starlette.websockets", "WebSocket", "receive", "", "master.ws_message"),
-    (
-        "uvicorn.protocols.http.httptools_impl",
-        "RequestResponseCycle",
-        "send",
-        "master.http_write",
-        "master.http_written",
-    ),
-    ("websockets.asyncio.connection", "Connection", "data_received", "worker.ws_read", ""),
-    ("mawex.worker.runner", "Worker", "_execute", "worker.execute", ""),
-    ("mawex.sandbox.local", "", "_settle", "worker.executor_done", ""),
-    ("mawex.worker.runner", "Worker", "_send", "worker.send", "worker.sent"),
+    ("mawex.client.sync:Client.run", "client.request", "client.reply"),
+    ("mawex.client.async_:AsyncClient.run", "client.request", "client.reply"),
+    ("mawex.client._http:_BlockingConnection.roundtrip", "client.send", "client.received"),
+    ("mawex.client._http:_Connection.roundtrip", "client.send", "client.received"),
+    (f"{_HTTP}:HttpToolsProtocol.data_received", "master.http_read", ""),
+    ("mawex.server.tasks:TaskEndpoints._submit", "master.submit_handler", ""),
+    ("mawex.master.engine:Engine._turn", "master.turn", "master.turn_done"),
+    ("mawex.journal.sqlite:SQLiteJournal.append", "master.append", "master.append_done"),
+    ("mawex.journal.postgresql:PostgreSQLJournal.append", "master.append", "master.append_done"),
+    (f"{_WS}:WebSocketsSansIOProtocol.data_received", "master.ws_read", ""),
+    (f"{_WS}:WebSocketsSansIOProtocol.send", "master.ws_write", "master.ws_written"),
+    ("starlette.websockets:WebSocket.receive", "", "master.ws_message"),
+    (f"{_HTTP}:RequestResponseCycle.send", "master.http_write", "master.http_written"),
+    ("websockets.asyncio.connection:Connection.data_received", "worker.ws_read", ""),
+    ("mawex.worker.runner:Worker._execute", "worker.execute", ""),
+    ("mawex.sandbox.local:_settle", "worker.executor_done", ""),
+    ("mawex.worker.runner:Worker._send", "worker.send", "worker.sent"),
 )
 
 
@@ -107,17 +81,21 @@ def _wrap(owner: Any, name: str, before: str, after: str) -> None:
 def _install() -> None:
     import importlib
 
-    for module_name, class_name, function, before, after in PROBES:
+    for where, before, after in PROBES:
+        module_name, _, path = where.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            owner: Any = importlib.import_module(module_name)
         except ImportError:
             continue
-        _wrap(getattr(module, class_name) if class_name else module, function, before, after)
+        *classes, function = path.split(".")
+        for name in classes:
+            owner = getattr(owner, name)
+        _wrap(owner, function, before, after)
 
 
-def _write() -> None:
+def write() -> None:
     """Write the marks so far (once: later calls, at exit too, do nothing)."""
-    atexit.unregister(_write)
+    atexit.unregister(write)
     if not os.path.isdir(_DIR):  # the run failed and its directory is gone
         return
     with open(os.path.join(_DIR, f"{os.getpid()}.tl"), "w") as out:
@@ -127,4 +105,4 @@ def _write() -> None:
 
 if _DIR:
     _install()
-    atexit.register(_write)
+    atexit.register(write)

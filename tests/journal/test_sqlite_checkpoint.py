@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from mawex.journal.base import Record
-from mawex.journal.sqlite import CHECKPOINT_APPENDS, SQLiteJournal
+from mawex.journal.sqlite import CHECKPOINT_APPENDS, SQLiteJournal, Synchronous
 
 #: Appends that stay well below the 1,000 pages at which SQLite's writer checkpoints
 #: by itself (a one-record append writes about three pages).
@@ -27,27 +27,32 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-async def _wait_for_size(path: Path, size: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while _size(path) < size and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return _size(path)
+#: How much the database file itself grows once most appends were copied into it.
+GROWN = APPENDS * len(BODY) // 2
+
+
+async def _database_growth(db: Path, synchronous: Synchronous, *, until: int | None) -> int:
+    """Bytes the database file itself grew by after the appends: as soon as it grew by
+    ``until`` (waiting up to 10 s), or 0.3 s after them with ``until=None``."""
+    journal = SQLiteJournal(db, synchronous=synchronous)
+    await journal.open()
+    try:
+        before = _size(db)
+        await _append_all(journal)
+        deadline = time.monotonic() + (10.0 if until is not None else 0.3)
+        while (until is None or _size(db) - before < until) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return _size(db) - before
+    finally:
+        await journal.close()
 
 
 async def test_normal_appends_are_copied_into_the_database_in_the_background(
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "j.db"
-    journal = SQLiteJournal(db, synchronous="normal")
-    await journal.open()
-    try:
-        before = _size(db)
-        await _append_all(journal)
-        # the records only reach the database file itself through a checkpoint
-        grown = await _wait_for_size(db, before + APPENDS * len(BODY) // 2, 10.0)
-        assert grown >= before + APPENDS * len(BODY) // 2
-    finally:
-        await journal.close()
+    # the records only reach the database file itself through a checkpoint
+    assert await _database_growth(db, "normal", until=GROWN) >= GROWN
     reopened = SQLiteJournal(db, synchronous="normal")
     await reopened.open()
     try:
@@ -59,13 +64,5 @@ async def test_normal_appends_are_copied_into_the_database_in_the_background(
 
 
 async def test_full_appends_leave_checkpoints_to_the_writer(tmp_path: Path) -> None:
-    db = tmp_path / "j.db"
-    journal = SQLiteJournal(db, synchronous="full")
-    await journal.open()
-    try:
-        before = _size(db)
-        await _append_all(journal)
-        await asyncio.sleep(0.3)  # a background checkpoint, if there were one, would have run
-        assert _size(db) < before + APPENDS * len(BODY) // 4
-    finally:
-        await journal.close()
+    # a background checkpoint, were there one, would have run within the 0.3 s
+    assert await _database_growth(tmp_path / "j.db", "full", until=None) < GROWN // 2

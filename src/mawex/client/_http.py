@@ -242,8 +242,7 @@ def _prepare(
     origin, netloc, target = split
     if params:
         query = _query(tuple(params.items()))
-        url = f"{url}{'&' if '?' in url else '?'}{query}"
-        target = f"{target}{'&' if '?' in target else '?'}{query}"
+        url, target = _with_query(url, query), _with_query(target, query)
     body = content or b""
     extra = _header_lines(tuple(headers.items())) if headers else ""
     data = (
@@ -269,6 +268,10 @@ def _split(url: str) -> tuple[Origin, str, str] | None:
     if parts.query:
         target = f"{target}?{parts.query}"
     return (scheme, host, port), parts.netloc, target
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 @functools.lru_cache(maxsize=64)

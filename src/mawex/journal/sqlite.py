@@ -346,6 +346,8 @@ class SQLiteJournal:
 
     def _appended(self, records: int) -> None:
         """Count a committed append; every so often, have the WAL checkpointed."""
+        if self._checkpointer is None:  # synchronous=full: the writer's own checkpoints
+            return
         self._unchecked_appends += 1
         self._unchecked_records += records
         if (
@@ -353,8 +355,7 @@ class SQLiteJournal:
             or self._unchecked_records >= CHECKPOINT_RECORDS
         ):
             self._unchecked_appends = self._unchecked_records = 0
-            if self._checkpointer is not None:
-                self._checkpointer.kick()
+            self._checkpointer.kick()
 
     async def read(self, from_offset: int, limit: int) -> list[Record]:
         if limit <= 0:
