@@ -262,10 +262,18 @@ async def test_epochs_in_the_journal_follow_the_leaders(engines: list[Engine]) -
     assert first_epoch < second.epoch
 
 
-async def test_an_unexpected_error_in_the_loop_steps_down_and_recovers(
-    journal_factory: Callable[[], Journal],
+@pytest.mark.parametrize("where", ["append_now", "append_of_a_callers_turn", "loop_turn"])
+async def test_an_unexpected_error_in_a_turn_steps_down_and_recovers(
+    journal_factory: Callable[[], Journal], where: str
 ) -> None:
-    """A leader whose loop died would renew its lease forever and serve nothing."""
+    """A leader whose turns died would renew its lease forever and serve nothing.
+
+    A turn runs on the caller's stack when the journal appends at once
+    (``append_now``), goes on in a task when the journal must wait
+    (``append_of_a_callers_turn``), and runs in the engine's loop when commands
+    queued up behind another turn (``loop_turn``): each fails its caller and
+    steps down.
+    """
 
     class Glitch(RuntimeError):
         pass
@@ -274,20 +282,42 @@ async def test_an_unexpected_error_in_the_loop_steps_down_and_recovers(
     await engine.start()
     await engine.wait_leader(5)
     await engine.submit(_task("before"))
-    append = engine.journal.append
+    journal: Any = engine.journal
+    append, append_now = journal.append, journal.append_now
     calls = 0
+    glitch_at = 2 if where == "loop_turn" else 1
 
-    async def glitchy(records: Any, epoch: int) -> None:
+    def glitch() -> None:
         nonlocal calls
         calls += 1
-        if calls == 1:
+        if calls == glitch_at:
             raise Glitch("not a JournalError")
+
+    def glitchy_now(records: Any, epoch: int) -> bool:
+        glitch()
+        return bool(append_now(records, epoch))
+
+    async def glitchy(records: Any, epoch: int) -> None:
+        glitch()
         await append(records, epoch)
 
-    engine.journal.append = glitchy  # type: ignore[method-assign]
+    if where == "append_now":
+        journal.append_now = glitchy_now
+    else:  # the journal must always wait: every append goes through ``append``
+        journal.append_now = lambda records, epoch: False
+        journal.append = glitchy
     try:
-        with pytest.raises(NotLeader):
-            await asyncio.wait_for(engine.submit(_task("lost")), 5)
+        if where == "loop_turn":  # the second is queued while the first appends
+            first = asyncio.ensure_future(engine.submit(_task("first")))
+            second = asyncio.ensure_future(engine.submit(_task("lost")))
+            assert await asyncio.wait_for(first, 5) is False
+            with pytest.raises(NotLeader):
+                await asyncio.wait_for(second, 5)
+        else:
+            with pytest.raises(NotLeader):
+                await asyncio.wait_for(engine.submit(_task("lost")), 5)
+        assert calls == glitch_at
+        journal.append, journal.append_now = append, append_now
         await engine.wait_leader(TTL * 10)
         async with asyncio.timeout(TTL * 10):
             while True:
