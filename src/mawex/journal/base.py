@@ -142,14 +142,4 @@ class Journal(Protocol):
         """The members whose announcement has not expired, ordered by holder."""
 
 
-@runtime_checkable
-class AppendsNow(Protocol):
-    """A journal that can sometimes append without waiting, on the caller's thread."""
-
-    def append_now(self, records: Sequence[Record], epoch: int) -> bool:
-        """:meth:`Journal.append` at once if that is cheap now, else return False
-        having written nothing (the caller then uses ``append``). Raises as
-        ``append`` does."""
-
-
-__all__ = ["LEADER", "STANDBY", "AppendsNow", "Journal", "Lease", "Member", "Record", "Snapshot"]
+__all__ = ["LEADER", "STANDBY", "Journal", "Lease", "Member", "Record", "Snapshot"]

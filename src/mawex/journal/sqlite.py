@@ -155,7 +155,7 @@ class SQLiteJournal:
         #: may be used on the loop only when this is 0).
         self._in_thread = 0
         self._in_thread_lock = threading.Lock()
-        #: How long the last fsync'd append took (``synchronous=full``): see _append_inline.
+        #: How long the last fsync'd append took (``synchronous=full``): see _run_append.
         self._fsync_seconds = 0.0
         self._checkpointer: _Checkpointer | None = None
         #: Appends and records since the checkpointer was last asked to run.
@@ -200,13 +200,16 @@ class SQLiteJournal:
         with self._in_thread_lock:
             self._in_thread -= 1
 
-    def _append_inline(self, records: int) -> bool:
-        """Whether an append of ``records`` records may run on the caller's thread
-        now: the journal thread is idle and the append is cheap (module docstring)."""
-        return self._in_thread == 0 and (
+    async def _run_append(self, fn: Callable[[sqlite3.Connection], _T], records: int) -> _T:
+        """Like :meth:`_run`, but on the event loop when the journal thread is idle
+        and the append is cheap (see the module docstring)."""
+        if self._in_thread == 0 and (
             self.synchronous == "normal"
             or (records <= INLINE_FSYNC_RECORDS and self._fsync_seconds < INLINE_FSYNC_SECONDS)
-        )
+        ):
+            self._require_open()
+            return self._call(fn)
+        return await self._run(fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         conn = self._conn
@@ -261,7 +264,7 @@ class SQLiteJournal:
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 cached_statements=64,
-                # never used by two threads at once: see _append_inline
+                # never used by two threads at once: see _run_append
                 check_same_thread=False,
             )
         except sqlite3.Error as e:
@@ -320,23 +323,6 @@ class SQLiteJournal:
     # -- records --------------------------------------------------------------
 
     async def append(self, records: Sequence[Record], epoch: int) -> None:
-        if not self.append_now(records, epoch):
-            await self._run(self._append_transaction(records, epoch))
-
-    def append_now(self, records: Sequence[Record], epoch: int) -> bool:
-        """:meth:`append` at once, on the event loop, when that is cheap now (see the
-        module docstring); False, having written nothing, when it must wait for the
-        journal thread: call :meth:`append` then."""
-        if not self._append_inline(len(records)):
-            return False
-        transaction = self._append_transaction(records, epoch)
-        self._require_open()
-        self._call(transaction)
-        return True
-
-    def _append_transaction(
-        self, records: Sequence[Record], epoch: int
-    ) -> Callable[[sqlite3.Connection], None]:
         check_batch(records)
         ns = self.namespace
         rows = [(ns, r.offset, r.topic, r.at, r.body, epoch) for r in records]
@@ -356,7 +342,7 @@ class SQLiteJournal:
                     self._fsync_seconds = time.perf_counter() - started
             self._appended(len(rows))
 
-        return transaction
+        await self._run_append(transaction, len(rows))
 
     def _appended(self, records: int) -> None:
         """Count a committed append; every so often, have the WAL checkpointed."""

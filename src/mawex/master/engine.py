@@ -6,12 +6,6 @@ appends the turn's events to the journal in ONE fenced transaction (group
 commit). Only after the commit do replies, worker messages and topic events go
 out, so nothing is acknowledged that is not durable. If an append fails, the
 state may be ahead of the journal: the engine steps down and rebuilds from it.
-
-A command that finds the loop idle (parked, nothing queued) and a journal that
-can append at once (:class:`~mawex.journal.base.AppendsNow`: SQLite while its
-thread is idle) runs its turn on the caller's stack instead, the same steps in
-the same order: that skips the event loop's pass to the engine's task. Turns
-never overlap: while one runs, or its append goes on in a task, commands queue.
 """
 
 from __future__ import annotations
@@ -22,15 +16,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar
 
 from mawex.core import decide, dispatch, timers, views
 from mawex.core import events as ev
 from mawex.core.state import MasterState, WorkerInfo, collector_paused
 from mawex.errors import FencedOut, JournalError, MawexError, NotFound, NotLeader
-from mawex.journal.base import LEADER, STANDBY, AppendsNow, Journal, Lease, Member, Record, Snapshot
+from mawex.journal.base import LEADER, STANDBY, Journal, Lease, Member, Record, Snapshot
 from mawex.master.busy_poll import BusyPoll
 from mawex.master.topic import Topic
 from mawex.model import TaskStatus
@@ -81,45 +75,6 @@ class EngineSettings:
     busy_poll_s: float = 0.0
 
 
-#: A caller's future, and its reply or the error to raise instead.
-_Reply = tuple[asyncio.Future[Any], Any, MawexError | None]
-
-
-def _fail(replies: list[_Reply], exc: FencedOut | JournalError) -> None:
-    """The turn's append failed: so does every call waiting on it."""
-    error: MawexError = NotLeader(None) if isinstance(exc, FencedOut) else exc
-    for future, _, _ in replies:
-        if not future.done():
-            future.set_exception(error)
-
-
-def _abandon(futures: Iterable[asyncio.Future[Any]]) -> None:
-    """The turn will not finish: its callers hear that this master no longer leads."""
-    for future in futures:
-        if not future.done():
-            future.set_exception(NotLeader(None))
-
-
-class _Turn:
-    """A turn decided and applied to the state, before its events are durable."""
-
-    __slots__ = ("events", "now", "records", "replies", "sends")
-
-    def __init__(
-        self,
-        now: float,
-        replies: list[_Reply],
-        events: list[ev.Event],
-        records: list[Record],
-        sends: list[tuple[str, wire.MasterMessage]],
-    ) -> None:
-        self.now = now
-        self.replies = replies
-        self.events = events
-        self.records = records
-        self.sends = sends
-
-
 class _Command:
     __slots__ = ("fn", "future")
 
@@ -165,11 +120,6 @@ class Engine:
         }
         self.observers: list[Callable[[list[ev.Event], float], None]] = []
         self._inbox = _Inbox()
-        self._appends_now = isinstance(journal, AppendsNow)
-        #: The loop is waiting for commands: a caller may run a turn itself.
-        self._parked = False
-        #: The rest of a turn a caller began, still appending (see _turn_now).
-        self._pending: asyncio.Task[None] | None = None
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_task: asyncio.Task[None] | None = None
@@ -344,11 +294,6 @@ class Engine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        pending, self._pending = self._pending, None
-        if pending is not None and pending is not asyncio.current_task():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
         trim, self._trim_task = self._trim_task, None
         if trim is not None:
             trim.cancel()
@@ -378,17 +323,13 @@ class Engine:
         """Run ``fn(state, now)`` in the engine loop; returns once its events are durable."""
         self._require_leader()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        command = _Command(fn, future)
-        if not self._turn_now(command):
-            self._inbox.put(command)
+        self._inbox.put(_Command(fn, future))
         return await future
 
     def post(self, fn: Callable[[MasterState, float], Any]) -> None:
         """Like :meth:`call` without waiting for the reply."""
         if self.is_leader:
-            command = _Command(fn, None)
-            if not self._turn_now(command):
-                self._inbox.put(command)
+            self._inbox.put(_Command(fn, None))
 
     async def submit(self, task: decide.NewTask) -> bool:
         """Accept a task; returns whether it was a duplicate."""
@@ -573,153 +514,53 @@ class Engine:
         next_tick = 0.0
         tick_s = self.settings.tick_s
         max_commands = self.settings.max_turn_commands
+        busy_poll = self.busy_poll
         commands: list[_Command] = []
         try:
             while True:
-                self._parked = True
-                try:
-                    await inbox.wait(max(0.0, next_tick - self.clock()))
-                finally:
-                    self._parked = False
-                if self._pending is not None:  # a turn begun by a caller, still appending
-                    await asyncio.wait((self._pending,))
-                if self._state_dirty:  # a caller's turn failed: step_down takes over
-                    return
+                await inbox.wait(max(0.0, next_tick - self.clock()))
                 commands = inbox.drain(max_commands)
                 now = self.clock()
                 changed = await self._turn(commands, now, run_timers=now >= next_tick)
                 if now >= next_tick:
                     next_tick = now + tick_s
-                if changed:
-                    self._kick_busy_poll()
-        except (asyncio.CancelledError, Exception) as exc:
-            self._turn_ended_by(exc, [c.future for c in commands if c.future is not None])
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-
-    def _turn_ended_by(self, exc: BaseException, futures: list[asyncio.Future[Any]]) -> None:
-        """A turn raised ``exc``; ``futures`` are its callers'.
-
-        Cancelled (the master stops leading): the callers hear so. A failed append,
-        or anything else (a driver error the journal did not wrap, a bug in a
-        decision): the state may be ahead of the journal, so no more turns; step
-        down, which rebuilds it from the journal. A leader must not go on without
-        its turns: it would keep renewing its lease and queueing commands nobody runs.
-        """
-        if isinstance(exc, asyncio.CancelledError):
-            _abandon(futures)
-            return
-        if not isinstance(exc, (FencedOut, JournalError)):
-            log.exception("engine loop failed", extra={"action": "engine_failed"}, exc_info=exc)
-            _abandon(futures)
-        self._state_dirty = True
-        reason = str(exc) if isinstance(exc, MawexError) else f"engine loop failed: {exc!r}"
-        asyncio.get_running_loop().create_task(self.step_down(reason))
-
-    def _kick_busy_poll(self) -> None:
-        if self.busy_poll is not None:
-            self.busy_poll.kick()
+                if changed and busy_poll is not None:
+                    busy_poll.kick()
+        except asyncio.CancelledError:
+            # stopped in the middle of a turn (stop, step-down): its callers must hear
+            # so, or they would wait for a reply that never comes
+            _not_leading(commands)
+            raise
+        except (FencedOut, JournalError) as exc:
+            asyncio.get_running_loop().create_task(self.step_down(str(exc)))
+        except Exception as exc:
+            # Anything else (a driver error the journal did not wrap, a bug in a decision)
+            # must not leave a leader without its loop: it would keep renewing its lease
+            # and queueing commands that nobody runs. Fail this turn's callers and step
+            # down, which rebuilds the state from the journal.
+            log.exception("engine loop failed", extra={"action": "engine_failed"})
+            _not_leading(commands)
+            asyncio.get_running_loop().create_task(self.step_down(f"engine loop failed: {exc!r}"))
 
     async def _turn(self, commands: list[_Command], now: float, run_timers: bool) -> bool:
         """One turn of the loop; whether it changed the state (appended events)."""
-        turn = self._prepare(commands, now, run_timers)
-        if turn.records:
-            await self._append(turn)
-        self._finish(turn)
-        if self._snapshot_due():
-            await self.save_snapshot(trim_in_background=True)
-        return bool(turn.records)
-
-    def _turn_now(self, command: _Command) -> bool:
-        """Run ``command``'s turn at once, on the caller's stack, if nothing else is
-        under way: the loop is parked, nothing is queued, the journal appends without
-        waiting. Saves the command the loop's pass to the engine's task. False: queue it.
-
-        Should the journal have to wait after all (a large append to an fsync'd
-        SQLite file), the rest of the turn goes on in a task the loop waits for.
-        """
-        if not self._appends_now or not self._parked or self._pending is not None or self._inbox:
-            return False
-        if not self.is_leader or self._state_dirty:
-            return False
-        self._parked = False  # a post() from inside this turn must queue
-        try:
-            turn = self._prepare([command], self.clock(), run_timers=False)
-            if turn.records:
-                started = time.perf_counter()
-                journal = cast(AppendsNow, self.journal)
-                try:
-                    appended = journal.append_now(turn.records, self._write_epoch())
-                except (FencedOut, JournalError) as exc:
-                    _fail(turn.replies, exc)
-                    raise
-                if not appended:
-                    self._later(turn)
-                    return True
-                self._appended(turn.records, started)
-            self._finish(turn)
-            if turn.records:
-                self._kick_busy_poll()
-                if self._snapshot_due():
-                    self._later(None)
-        except Exception as exc:
-            self._turn_ended_by(exc, [command.future] if command.future is not None else [])
-        finally:
-            self._parked = True
-        return True
-
-    def _later(self, turn: _Turn | None) -> None:
-        """Go on with a caller's ``turn`` (its append, then what follows), or a due
-        snapshot, in a task that the loop waits for before its next turn."""
-        self._pending = asyncio.get_running_loop().create_task(
-            self._finish_later(turn), name="mawex-engine-turn"
-        )
-
-    async def _finish_later(self, turn: _Turn | None) -> None:
-        try:
-            if turn is not None:
-                await self._append(turn)
-                self._finish(turn)
-                self._kick_busy_poll()
-            if self._snapshot_due():
-                await self.save_snapshot(trim_in_background=True)
-        except (asyncio.CancelledError, Exception) as exc:
-            self._turn_ended_by(exc, [f for f, _, _ in turn.replies] if turn is not None else [])
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            self._pending = None
-
-    def _prepare(self, commands: list[_Command], now: float, run_timers: bool) -> _Turn:
-        """Decide the commands, run the timers if due and dispatch: the turn's replies,
-        events (applied to the state already) and messages for workers."""
         state = self.state
         replies = self._decide(commands, now)
         if run_timers:
             timers.tick(state, now, self.settings.limits)
         dispatch.dispatch(state, now)
         events, sends = state.take_outbox()
-        return _Turn(now, replies, events, self._records(events) if events else [], sends)
-
-    async def _append(self, turn: _Turn) -> None:
-        """Append the turn's records; if that fails, so do its callers."""
-        started = time.perf_counter()
-        try:
-            await self.journal.append(turn.records, self._write_epoch())
-        except (FencedOut, JournalError) as exc:
-            _fail(turn.replies, exc)
-            raise
-        self._appended(turn.records, started)
-
-    def _finish(self, turn: _Turn) -> None:
-        """After the commit: publish the turn's events and deliver its messages and replies."""
-        if turn.records:
-            self._committed(turn.events, turn.records, turn.now)
-        self._deliver(turn.sends, turn.replies)
-
-    def _deliver(self, sends: list[tuple[str, wire.MasterMessage]], replies: list[_Reply]) -> None:
-        """After the commit: work for workers first, then the callers' replies, then
-        the acks of results (which hold nobody up): the order the waiting are woken in."""
+        if events:
+            try:
+                await self._commit(events, now)
+            except (FencedOut, JournalError) as exc:
+                error: MawexError = NotLeader(None) if isinstance(exc, FencedOut) else exc
+                for future, _, _ in replies:
+                    if not future.done():
+                        future.set_exception(error)
+                raise
+        # Work for workers goes out first, then the callers' replies, then the acks of
+        # results (which hold nobody up): the order the waiting tasks are woken in.
         acks = self._send(sends, urgent=True)
         for future, reply, failure in replies:
             if future.done():
@@ -730,12 +571,9 @@ class Engine:
                 future.set_result(reply)
         if acks:
             self._send(sends, urgent=False)
-
-    def _snapshot_due(self) -> bool:
-        return self.state.offset - self._snapshot_offset >= self.settings.snapshot_every
-
-    def _write_epoch(self) -> int:
-        return self.lease.epoch if self.lease else 0
+        if state.offset - self._snapshot_offset >= self.settings.snapshot_every:
+            await self.save_snapshot(trim_in_background=True)
+        return bool(events)
 
     def _send(self, sends: list[tuple[str, wire.MasterMessage]], *, urgent: bool) -> bool:
         """Queue the urgent messages (all but acks), or the acks; whether any ack was seen."""
@@ -750,8 +588,10 @@ class Engine:
                 session.send(wire.encode(message))
         return acks
 
-    def _decide(self, commands: list[_Command], now: float) -> list[_Reply]:
-        replies: list[_Reply] = []
+    def _decide(
+        self, commands: list[_Command], now: float
+    ) -> list[tuple[asyncio.Future[Any], Any, MawexError | None]]:
+        replies: list[tuple[asyncio.Future[Any], Any, MawexError | None]] = []
         for command in commands:
             try:
                 reply = command.fn(self.state, now)
@@ -763,14 +603,13 @@ class Engine:
                 replies.append((command.future, reply, None))
         return replies
 
-    def _appended(self, records: list[Record], started: float) -> None:
-        stats = self.stats
-        stats["appends"] += 1
-        stats["appended_events"] += len(records)
-        stats["append_seconds"] += time.perf_counter() - started
-
-    def _committed(self, events: list[ev.Event], records: list[Record], now: float) -> None:
-        """The turn's events are durable: move the offset on and tell who waits for them."""
+    async def _commit(self, events: list[ev.Event], now: float) -> None:
+        records = self._records(events)
+        started = time.perf_counter()
+        await self.journal.append(records, self.lease.epoch if self.lease else 0)
+        self.stats["appends"] += 1
+        self.stats["appended_events"] += len(records)
+        self.stats["append_seconds"] += time.perf_counter() - started
         self.state.offset = records[-1].offset
         self.topic.publish(records)
         self._wake_waiters(events)
@@ -839,6 +678,13 @@ class Engine:
         return record.status if record else None
 
 
+def _not_leading(commands: list[_Command]) -> None:
+    """Fail the callers of a turn that will not finish: this master no longer leads."""
+    for command in commands:
+        if command.future is not None and not command.future.done():
+            command.future.set_exception(NotLeader(None))
+
+
 class _Inbox:
     """A FIFO of commands the loop drains a turn at a time."""
 
@@ -846,9 +692,6 @@ class _Inbox:
         self._items: deque[_Command] = deque()
         self._ready = asyncio.Event()
         self._alarm: asyncio.TimerHandle | None = None
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     def put(self, command: _Command) -> None:
         self._items.append(command)
