@@ -41,7 +41,9 @@ PROBES = (
     ("starlette.websockets:WebSocket.receive", "", "master.ws_message"),
     (f"{_HTTP}:RequestResponseCycle.send", "master.http_write", "master.http_written"),
     ("websockets.asyncio.connection:Connection.data_received", "worker.ws_read", ""),
+    ("mawex.worker.runner:Worker._dispatch_frame", "worker.frame", ""),
     ("mawex.worker.runner:Worker._execute", "worker.execute", ""),
+    ("mawex.sandbox.local:_ExecutorThread.submit", "worker.to_thread", ""),
     ("mawex.sandbox.local:_settle", "worker.executor_done", ""),
     ("mawex.worker.runner:Worker._send", "worker.send", "worker.sent"),
 )
