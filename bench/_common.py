@@ -14,19 +14,40 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The checkout these scripts belong to.
+THIS_CHECKOUT = Path(__file__).resolve().parent.parent
 
-def git_describe() -> str:
+
+def checkout_of(src: str | None) -> Path:
+    """The checkout a ``--src`` names (its root, or its ``src/``); this one without.
+
+    Exits with a clear message when there is no ``src/mawex`` there: the processes
+    would otherwise import the installed mawex, and measure this checkout instead.
+    """
+    if src is None:
+        return THIS_CHECKOUT
+    root = Path(src).resolve()
+    if root.name == "src" and (root / "mawex" / "__init__.py").is_file():
+        root = root.parent
+    if not (root / "src" / "mawex" / "__init__.py").is_file():
+        raise SystemExit(
+            f"--src {src}: no src/mawex there; give a checkout (git worktree add DIR "
+            "COMMIT) or its src/ directory"
+        )
+    return root
+
+
+def git_describe(checkout: Path = THIS_CHECKOUT) -> str:
     """The commit measured, with ``-dirty`` when src/ has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+            ["git", "-C", str(checkout), "status", "--porcelain", "--", "src"],
             capture_output=True,
             text=True,
             check=True,

@@ -17,14 +17,12 @@ alternated before/after runs::
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from _common import percentile
+from _common import checkout_of, git_describe, percentile
 
 BODY = b'{"type":"accepted","id":"t-000001","group":"g","payload":' + b'"' + b"x" * 120 + b'"}'
 
@@ -53,9 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--journal", choices=("sqlite", "sqlite-normal"), default="sqlite-normal")
     parser.add_argument("--appends", type=int, default=5000)
-    parser.add_argument("--src", default=None, help="the src/ of this checkout or another")
+    parser.add_argument(
+        "--src", default=None, help="another checkout (or its src/) to measure instead of this one"
+    )
     args = parser.parse_args(argv)
-    checkout = Path(args.src or Path(__file__).resolve().parent.parent).resolve()
+    checkout = checkout_of(args.src)
     sys.path.insert(0, str(checkout / "src"))
     import uvloop
 
@@ -63,12 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = "?synchronous=normal" if args.journal == "sqlite-normal" else ""
         url = f"sqlite:///{tmp}/journal.db{options}"
         samples = uvloop.run(measure(url, args.appends))
-    commit = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     ms = [s * 1e3 for s in samples]
     print(
-        f"git {commit} journal {args.journal} appends {len(ms)}: "
+        f"git {git_describe(checkout)} journal {args.journal} appends {len(ms)}: "
         f"p50 {percentile(ms, 0.5):.3f} ms p99 {percentile(ms, 0.99):.3f} ms "
         f"p99.9 {percentile(ms, 0.999):.3f} ms max {max(ms):.3f} ms"
     )

@@ -27,7 +27,6 @@ import bisect
 import collections
 import importlib.util
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,15 @@ import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from _common import JournalSetup, Processes, free_port, git_describe, percentile, wait_until
+from _common import (
+    JournalSetup,
+    Processes,
+    checkout_of,
+    free_port,
+    git_describe,
+    percentile,
+    wait_until,
+)
 
 GROUP = "rt"
 EXECUTOR = "mawex.examples.demo:echo"
@@ -59,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--samples", default=None, help="write each call's start (s) and round trip (ms) here")
     add("--timeline", action="store_true", help="print where a median round trip's time goes")
-    add("--src", default=None, help="the src/ of this checkout (default) or of another one")
+    add("--src", default=None, help="another checkout (or its src/) to run instead of this one")
     pg_url = os.environ.get("MAWEX_BENCH_POSTGRESQL", "")
     add("--pg-url", default=pg_url, help="server of --journal postgresql (a fresh database)")
     return parser.parse_args(argv)
@@ -108,19 +115,10 @@ def measure(
     return samples, [b - a for a, b in zip(before, after, strict=True)], own
 
 
-def _describe(checkout: str | None) -> str:
-    """The commit measured: this checkout's, or the one ``--src`` names."""
-    if checkout is None:
-        return git_describe()
-    done = subprocess.run(
-        ["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or checkout
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    src = str(Path(args.src or Path(__file__).resolve().parent.parent).resolve() / "src")
+    checkout = checkout_of(args.src)
+    src = str(checkout / "src")
     sys.path.insert(0, src)
     env = {"PYTHONPATH": src}
     with tempfile.TemporaryDirectory(prefix="mawex-rt-") as tmp:
@@ -188,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = len(samples)
     master_us, worker_us = (c / n * 1e6 for c in cpu)
     print(
-        f"git {_describe(args.src)} journal {args.journal} "
+        f"git {git_describe(checkout)} journal {args.journal} "
         f"client {args.client} pods {args.pods} busy-poll {args.busy_poll * 1e6:.0f} us "
         f"tasks {n}: "
         f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms p99 {percentile(samples, 0.99) * 1e3:.3f} "
