@@ -111,7 +111,7 @@ async def main() -> None:
 
     results = [figure("raw-fork", raw_fork(args.tasks), None, "os.fork + os._exit + waitpid")]
     local, cpu = await run_sandbox("local", args.tasks, args.warmup)
-    results.append(figure("local", local, None, "in the worker process, on its executor thread", cpu))
+    results.append(figure("local", local, None, "in the worker, on its executor thread", cpu))
     base = statistics.median(local) * 1000
     warm, cpu = await run_sandbox("forked", args.tasks, args.warmup, mode="warm")
     results.append(figure("forked-warm", warm, base, "one forked process per task", cpu))
