@@ -299,9 +299,7 @@ class Engine:
             trim.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await trim
-        for command in self._inbox.drain(1 << 30):
-            if command.future is not None and not command.future.done():
-                command.future.set_exception(NotLeader(self.leader_url))
+        _not_leading(self._inbox.drain(1 << 30), self.leader_url)
 
     def _drop_sessions(self, reason: str) -> None:
         sessions, self.sessions = self.sessions, {}
@@ -678,11 +676,12 @@ class Engine:
         return record.status if record else None
 
 
-def _not_leading(commands: list[_Command]) -> None:
-    """Fail the callers of a turn that will not finish: this master no longer leads."""
+def _not_leading(commands: list[_Command], leader: str | None = None) -> None:
+    """Fail the callers of commands that will not run, or of a turn that will not
+    finish: this master no longer leads (``leader``: who does, if known)."""
     for command in commands:
         if command.future is not None and not command.future.done():
-            command.future.set_exception(NotLeader(None))
+            command.future.set_exception(NotLeader(leader))
 
 
 class _Inbox:

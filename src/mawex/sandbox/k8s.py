@@ -57,6 +57,7 @@ from mawex.sandbox.k8s_manifest import (
     job_name,
     read_state,
 )
+from mawex.sandbox.waiting import wait_any
 
 __all__ = ["INSTANCE", "K8sSandbox", "parse_env", "parse_listen"]
 
@@ -438,11 +439,7 @@ class K8sSandbox:
                     wake = min(wake, give_up_at)
                 if not registered:
                     wake = min(wake, start_by)
-                await asyncio.wait(
-                    {outcome_future, stop},
-                    timeout=max(0.0, wake - loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await wait_any(outcome_future, stop, timeout=max(0.0, wake - loop.time()))
                 if outcome_future.done():
                     return await self._reported(attempt, expectation, name, state)
                 if attempt.stop.is_set():

@@ -40,6 +40,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from mawex.errors import ConfigError, Rejected
 from mawex.model import Task, check_name
 from mawex.sandbox import Outcome, Sandbox, create_sandbox
+from mawex.sandbox.waiting import wait_any
 from mawex.wire.worker import (
     MAX_ERROR_CHARS,
     PROTOCOL_VERSION,
@@ -784,9 +785,7 @@ class Worker:
         ended = asyncio.ensure_future(self._ended.wait())
         timeout = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            await asyncio.wait(
-                {work, hurry, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await wait_any(work, hurry, ended, timeout=timeout)
         finally:
             hurry.cancel()
             ended.cancel()
