@@ -61,7 +61,8 @@ async def _serve(kind: str, port: int) -> None:
     from starlette.routing import WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
-    from mawex.server.limits import NetLimits, guarded_http_protocol
+    from mawex.server.http_protocol import guarded_http_protocol
+    from mawex.server.limits import NetLimits
 
     async def echo_ws(websocket: WebSocket) -> None:
         await websocket.accept()

@@ -19,7 +19,8 @@ from mawex.journal.base import Journal
 from mawex.master.busy_poll import check_window
 from mawex.master.engine import Engine, EngineSettings
 from mawex.server.app import create_app
-from mawex.server.limits import NetLimits, guarded_http_protocol
+from mawex.server.http_protocol import guarded_http_protocol
+from mawex.server.limits import NetLimits
 from mawex.wire.api import ApiLimits
 
 if TYPE_CHECKING:

@@ -81,6 +81,42 @@ def test_body_must_arrive_within_the_body_timeout(small: ThreadMaster) -> None:
     assert time.monotonic() - started < 5
 
 
+def test_trickled_body_must_arrive_whole_within_the_body_timeout(small: ThreadMaster) -> None:
+    """The body's deadline is for all of it: each byte in time does not extend it."""
+    with raw_socket(small.url) as sock:
+        sock.sendall(_post_head("/v1/tasks", 100))
+        started = time.monotonic()
+        answer = b""
+        sock.settimeout(0.2)
+        while time.monotonic() - started < 8 and not answer:
+            try:
+                sock.sendall(b" ")
+                answer = sock.recv(65536) or b"(closed)"
+            except TimeoutError:
+                continue
+            except OSError:
+                answer = b"(reset)"
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"request body not received within 1 s" in answer
+    assert time.monotonic() - started < 5
+
+
+def test_websocket_outlives_the_request_deadlines(small: ThreadMaster) -> None:
+    """A WebSocket handshake is a request whose connection then stays open: no request
+    deadline may fire on it."""
+    with connect(ws_url(small.url, "/v1/results/stream?from=0")) as ws:
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=QUICK.header_timeout + QUICK.body_timeout)
+        task = {"id": "outlives-1", "group": "outlives", "payload": None}
+        assert httpx.post(small.url + "/v1/tasks", json=task).status_code == 202
+        assert httpx.delete(small.url + "/v1/tasks/outlives/outlives-1").status_code == 200
+        while True:
+            event = json.loads(ws.recv(timeout=10))
+            if event.get("id") == "outlives-1":
+                break
+    assert event["type"] == "cancelled"
+
+
 def test_idle_connection_is_closed_after_the_header_timeout(small: ThreadMaster) -> None:
     with raw_socket(small.url) as sock:
         assert is_closed(sock, timeout=6), "a silent connection stayed open"

@@ -148,7 +148,9 @@ def create_app(
     """The HTTP API, result topic, worker channel and ops endpoints of one master.
 
     ``token``/``worker_token``: see :class:`BearerAuth`. ``api_limits`` bound sizes,
-    ``net_limits`` the body read deadline, the worker channel's hello deadline and rate.
+    ``net_limits`` the WebSocket connections, the worker channel's hello deadline and
+    rate (the deadlines on each request's head and body are the HTTP protocol's:
+    :func:`mawex.server.http_protocol.guarded_http_protocol`).
     """
     if token and worker_token and token == worker_token:
         raise ConfigError("the worker token must differ from the client token")
@@ -175,7 +177,6 @@ def create_app(
     guarded: ASGIApp = RequestGuard(
         StrictQuery(tasks.TaskEndpoints(app, engine, api_limits)),
         max_body=api_limits.max_body,
-        body_timeout=net_limits.body_timeout,
         max_websockets=net_limits.max_connections,
     )
     if token or worker_token:

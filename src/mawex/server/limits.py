@@ -1,30 +1,23 @@
 """Network limits of a master: connections, read deadlines, request sizes, message rates.
 
-What uvicorn does not bound on its own, this module does:
+What uvicorn does not bound on its own, this module and
+:mod:`mawex.server.http_protocol` (the deadlines on each request's head and body,
+the bound on its head) do:
 
-- :func:`guarded_http_protocol`: uvicorn's HTTP protocol with a deadline on the
-  request head (a connection must deliver its request line and headers within
-  ``header_timeout`` of opening, or of the previous response) and a bound on the
-  head's size (``max_header_bytes``). uvicorn only times out *idle* keep-alive
-  connections, and any byte resets that timer, so without this a client could
-  hold a connection open forever by sending nothing, or a header a byte at a time.
-- :class:`RequestGuard`: an ASGI middleware that reads each request body within
-  ``body_timeout`` and at most ``max_body`` bytes (checked while it streams in,
-  and up front from ``Content-Length``), answering ``408``/``413`` otherwise.
+- :class:`RequestGuard`: an ASGI middleware that reads each request body, at most
+  ``max_body`` bytes (checked while it streams in, and up front from
+  ``Content-Length``), answering ``413`` otherwise.
 - :class:`TokenBucket`: the per-session frame rate of the worker channel.
 - :func:`raise_fd_limit`: room in ``RLIMIT_NOFILE`` for ``max_connections``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mawex.errors import MawexError, Rejected, TooLarge
 from mawex.server.responses import error_response, json_body
@@ -95,7 +88,10 @@ async def refuse_websocket(scope: Scope, send: Send, error: MawexError) -> None:
 
 
 class RequestGuard:
-    """Reads every HTTP request body within a deadline and a size bound, then calls ``app``.
+    """Reads every HTTP request body within a size bound, then calls ``app``.
+
+    The body's deadline is the protocol's (:mod:`mawex.server.http_protocol`), which
+    answers ``408`` and closes the connection; the read here then ends too.
 
     The app sees the same body as one ``http.request`` message; later ``receive``
     calls (a long poll watching for the client's disconnect) go to the server.
@@ -108,12 +104,10 @@ class RequestGuard:
         app: ASGIApp,
         *,
         max_body: int,
-        body_timeout: float,
         max_websockets: int | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
-        self.body_timeout = body_timeout
         self.max_websockets = max_websockets
         self.websockets = 0
 
@@ -135,34 +129,24 @@ class RequestGuard:
             return
         chunks: list[bytes] = []
         size = 0
-        try:
-            async with asyncio.timeout(self.body_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        return  # http.disconnect: nobody to answer
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body:
-                        await _refuse(
-                            scope,
-                            receive,
-                            send,
-                            TooLarge(f"request body is over the limit of {self.max_body} bytes"),
-                        )
-                        return
-                    if chunk:
-                        chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            await _refuse(
-                scope,
-                receive,
-                send,
-                RequestTimeout(f"request body not received within {self.body_timeout:g} s"),
-            )
-            return
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # http.disconnect: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await _refuse(
+                    scope,
+                    receive,
+                    send,
+                    TooLarge(f"request body is over the limit of {self.max_body} bytes"),
+                )
+                return
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         replayed = False
 
@@ -201,106 +185,6 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, error: Rejected) -
     response = error_response(error)
     response.headers["connection"] = "close"
     await response(scope, receive, send)
-
-
-# -- the request head -------------------------------------------------------------------
-
-
-class _HeadTooLarge(Exception):
-    pass
-
-
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline and a size bound on each request head.
-
-    The deadline runs from the connection's opening, or from the first byte of each
-    later request, to the end of its headers; the bound counts the request line and
-    headers. Past either the master answers ``408``/``431`` and closes the connection.
-    :func:`guarded_http_protocol` makes a subclass with the limits set.
-    """
-
-    header_timeout = 10.0
-    max_header_bytes = 64 * 1024
-    _head_timer: asyncio.TimerHandle | None = None
-    _head_bytes = 0
-    _head_refused = False
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_bytes = 0
-        self._arm()
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._disarm()
-        super().on_headers_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        if not self._head_refused:
-            super().send_400_response(msg)
-
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.max_header_bytes and not self._head_refused:
-            self._refuse(
-                b"431 Request Header Fields Too Large",
-                TooLarge(f"request head over {self.max_header_bytes} bytes"),
-            )
-            raise _HeadTooLarge  # stops the parser; uvicorn's own 400 is suppressed
-
-    def _arm(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timeout)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timeout(self) -> None:
-        self._head_timer = None
-        if self.cycle is not None and not self.cycle.response_complete:
-            self._arm()  # a pipelined head behind a response in progress: not yet
-            return
-        if not self.transport.is_closing():
-            self._refuse(
-                b"408 Request Timeout",
-                RequestTimeout(f"request head not received within {self.header_timeout:g} s"),
-            )
-
-    def _refuse(self, status: bytes, error: Rejected) -> None:
-        self._head_refused = True
-        body = json_body(error.to_body())
-        self.transport.write(
-            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n"
-            b"connection: close\r\n\r\n" + body
-        )
-        self.transport.close()
-
-
-def guarded_http_protocol(limits: NetLimits) -> type[asyncio.Protocol]:
-    """:class:`GuardedHttpToolsProtocol` with ``limits``, for ``uvicorn.Config(http=...)``."""
-    return type(
-        "GuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
-        {"header_timeout": limits.header_timeout, "max_header_bytes": limits.max_header_bytes},
-    )
 
 
 # -- rates and descriptors --------------------------------------------------------------

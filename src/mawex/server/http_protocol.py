@@ -1,0 +1,206 @@
+"""The master's HTTP/1.1 protocol: uvicorn's httptools protocol, guarded and lean.
+
+:class:`GuardedHttpToolsProtocol` adds what uvicorn does not bound on its own, and
+writes each response once:
+
+- a deadline on each request's head (``header_timeout``: from the connection's
+  opening, or from the first byte of each later request, to the end of its headers)
+  and a bound on its size (``max_header_bytes``). uvicorn only times out *idle*
+  keep-alive connections, and any byte resets that timer, so without this a client
+  could hold a connection open forever by sending nothing, or a header a byte at a time;
+- a deadline on each request's body (``body_timeout``, from the end of its headers);
+- a fixed-length response's head and body in one write: one wake-up of the client,
+  where uvicorn writes each ASGI message as it comes.
+
+A timer runs only while a request is still arriving after a read: the usual request
+comes whole in one read and costs none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from mawex.errors import Rejected, TooLarge
+from mawex.server.limits import NetLimits, RequestTimeout
+from mawex.server.responses import json_body
+
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines on each request's head and body, a
+    size bound on its head, and one write per fixed-length response.
+
+    Past a deadline the master answers ``408``, past the head's bound ``431``, and
+    closes the connection. :func:`guarded_http_protocol` makes a subclass with the
+    limits set.
+    """
+
+    header_timeout = 10.0
+    body_timeout = 30.0
+    max_header_bytes = 64 * 1024
+    _deadline: asyncio.TimerHandle | None = None
+    _reading = _HEAD  # a new connection owes a request head
+    _head_bytes = 0
+    _refused = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm(self.header_timeout)  # the first head's deadline runs from the opening
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading != _IDLE and self._deadline is None and not self._refused:
+            self._arm(self.header_timeout if self._reading == _HEAD else self.body_timeout)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading = _HEAD
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        before = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is None or cycle is before:  # a WebSocket handshake: no longer ours
+            self._reading = _IDLE
+            return
+        self._reading = _BODY
+        cycle.transport = cast(asyncio.Transport, _OneWrite(cycle))  # a stand-in
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._reading = _IDLE
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_header_bytes and not self._refused:
+            self._refuse(
+                b"431 Request Header Fields Too Large",
+                TooLarge(f"request head over {self.max_header_bytes} bytes"),
+            )
+            raise _HeadTooLarge  # stops the parser; uvicorn's own 400 is suppressed
+
+    def _arm(self, seconds: float) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(seconds, self._deadline_passed)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._reading == _BODY:
+            if self.pipeline:  # queued behind a response in progress: not read yet
+                self._arm(self.body_timeout)
+            elif self.cycle is not None and self.cycle.response_started:
+                self.transport.close()  # answered without its body, which never came
+            else:
+                self._refuse(
+                    b"408 Request Timeout",
+                    RequestTimeout(f"request body not received within {self.body_timeout:g} s"),
+                )
+        elif self.cycle is not None and not self.cycle.response_complete:
+            self._arm(self.header_timeout)  # a pipelined head behind a response in progress
+        else:
+            self._refuse(
+                b"408 Request Timeout",
+                RequestTimeout(f"request head not received within {self.header_timeout:g} s"),
+            )
+
+    def _refuse(self, status: bytes, error: Rejected) -> None:
+        self._refused = True
+        body = json_body(error.to_body())
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        self.transport.close()
+
+
+class _OneWrite:
+    """One response's transport: holds a fixed-length response's head until its body
+    comes, and writes both at once; then steps aside for the rest of the response.
+
+    What is written before the response starts (``100 Continue``) goes at once, and
+    so does the head of a response without a body to follow (``HEAD``, no length, or
+    streamed as chunks). Closing writes a head still held.
+    """
+
+    __slots__ = ("cycle", "held", "transport")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+        self.transport = cycle.transport
+        self.held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.cycle.transport = self.transport
+            self.transport.write(held + data)
+            return
+        cycle = self.cycle
+        if (
+            cycle.response_started
+            and cycle.chunked_encoding is False
+            and cycle.expected_content_length
+            and cycle.scope["method"] != "HEAD"
+        ):
+            self.held = data
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held)
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def guarded_http_protocol(limits: NetLimits) -> type[asyncio.Protocol]:
+    """:class:`GuardedHttpToolsProtocol` with ``limits``, for ``uvicorn.Config(http=...)``."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {
+            "header_timeout": limits.header_timeout,
+            "body_timeout": limits.body_timeout,
+            "max_header_bytes": limits.max_header_bytes,
+        },
+    )
