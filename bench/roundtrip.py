@@ -4,7 +4,8 @@ One ``mawex master`` and one ``mawex worker`` process (``--pods`` pods, no-op ex
 on loopback; after ``--warmup`` unmeasured calls, ``--tasks`` calls of ``run()`` one
 after another (submit and wait in one request). Prints p50/p99/mean in ms and the CPU
 (user + system, all threads) each process spent per task. ``--busy-poll S`` runs the
-master with ``--busy-poll S`` (it keeps polling S seconds after each turn).
+master with ``--busy-poll S`` (it keeps polling S seconds after each turn);
+``--inline`` the worker with ``--sandbox-inline``.
 
 ``--timeline`` also prints where the time of a median round trip goes: each
 process records timestamps at its steps (``bench/timeline_probe``; about a
@@ -64,6 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="mawex master --busy-poll: seconds it keeps polling after each turn",
     )
+    add("--inline", action="store_true", help="mawex worker --sandbox-inline")
     add("--samples", default=None, help="write each call's start (s) and round trip (ms) here")
     add("--timeline", action="store_true", help="print where a median round trip's time goes")
     add("--src", default=None, help="another checkout (or its src/) to run instead of this one")
@@ -163,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     *(sys.executable, "-m", "mawex", "worker", args.executor, "--master", url),
                     *("--group", GROUP, "--pod", "p", "--concurrency", str(args.pods)),
                     *("--log-level", "warning"),
+                    *(("--sandbox-inline",) if args.inline else ()),
                 ],
                 env,
             )
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"git {git_describe(checkout)} journal {args.journal} "
         f"client {args.client} pods {args.pods} busy-poll {args.busy_poll * 1e6:.0f} us "
-        f"tasks {n}: "
+        f"{'inline ' if args.inline else ''}tasks {n}: "
         f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms p99 {percentile(samples, 0.99) * 1e3:.3f} "
         f"ms mean {sum(samples) / n * 1e3:.3f} ms | CPU per task: master {master_us:.0f} us, "
         f"worker {worker_us:.0f} us, client {own / n * 1e6:.0f} us"

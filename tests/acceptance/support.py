@@ -36,6 +36,8 @@ SLEEP = "mawex.examples.demo:sleep"
 SLEEP_SYNC = "mawex.examples.demo:sleep_sync"
 RECORD = "mawex.examples.demo:Record"
 DEMO = "mawex.examples.demo:Demo"
+#: This repository: on a cluster's ``PYTHONPATH``, its workers can load executors from ``tests``.
+REPO = Path(__file__).resolve().parents[2]
 
 #: Master flags that notice a lost worker quickly: a heartbeat every 0.2 s, and a task
 #: whose worker disconnected is given up after 1 s.

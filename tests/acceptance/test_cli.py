@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mawex
 from mawex.cluster import LocalCluster
 from tests.acceptance.support import (
     DEMO,
+    REPO,
     TopicReader,
     start_leader,
     start_worker,
@@ -155,6 +157,27 @@ def test_cli_submit_status_and_results(cluster: LocalCluster, tmp_path: Path) ->
         len(topic) - 1,
         len(topic),
     ]
+
+
+def test_worker_sandbox_inline_runs_plain_executors_on_its_loop(cluster: LocalCluster) -> None:
+    cluster.env["PYTHONPATH"] = str(REPO)  # the executor is in this repository's tests
+    url = start_leader(cluster).url
+    assert url is not None
+    executor = "tests.sandbox.executors:thread_name"
+    start_worker(cluster, "inline", executor, groups="inl", pod="pi", extra=["--sandbox-inline"])
+    start_worker(cluster, "threaded", executor, groups="thr", pod="pt")
+    wait_pod_workers(url, "pi", 1)
+    wait_pod_workers(url, "pt", 1)
+    with mawex.Client(url, timeout=30) as client:
+        assert [client.run("inl", i, timeout=30) for i in range(3)] == ["MainThread"] * 3
+        assert client.run("thr", None, timeout=30) == "mawex-local-executor"
+
+
+def test_worker_sandbox_inline_is_refused_with_another_sandbox(tmp_path: Path) -> None:
+    argv = ["worker", DEMO, "--master", "http://127.0.0.1:9", "--group", "g", "--pod", "p"]
+    result = _mawex(*argv, "--sandbox", "forked", "--sandbox-inline", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--sandbox-inline is for --sandbox local, not forked" in result.stderr
 
 
 def test_cli_demo_loses_no_task(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import mawex
 from mawex.cluster import LocalCluster
 from tests.acceptance.support import (
+    REPO,
     TopicReader,
     assert_pod_exclusive,
     check_pods_from_topic,
@@ -26,7 +27,6 @@ from tests.acceptance.support import (
 from tests.sandbox.conftest import alive, descendants_of, wait_dead
 
 BEHAVES = "tests.sandbox.executors:Behaves"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def read_lines(*paths: Path) -> list[dict[str, Any]]:

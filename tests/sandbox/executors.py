@@ -34,6 +34,13 @@ def echo(task: Task) -> Any:
     return task.payload
 
 
+def thread_name(task: Task) -> str:
+    """The name of the thread that ran the task (``--sandbox-inline``: the loop's)."""
+    import threading
+
+    return threading.current_thread().name
+
+
 def whoami(task: Task) -> dict[str, Any]:
     """Where the task ran: pid, parent, process group, session, cwd, environment."""
     return {

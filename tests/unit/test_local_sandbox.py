@@ -322,3 +322,62 @@ async def test_sync_calls_reuse_one_thread() -> None:
         assert msgspec.json.decode(third.result) == msgspec.json.decode(first.result)
     finally:
         await sandbox.close()
+
+
+# -- inline (mawex worker --sandbox-inline) -------------------------------------------
+
+
+async def inline_started(ref: str) -> LocalSandbox:
+    sandbox = LocalSandbox(ref, inline=True)
+    await sandbox.start()
+    return sandbox
+
+
+async def test_inline_runs_a_plain_executor_on_the_loops_thread() -> None:
+    sandbox = await inline_started(f"{HERE}:thread_name_and_id")
+    try:
+        outcome = await sandbox.run(task(), None)
+        assert outcome.ok and outcome.lingering is None
+        assert msgspec.json.decode(outcome.result)[1] == threading.get_ident()
+        assert sandbox._thread is None  # no executor thread was started
+    finally:
+        await sandbox.close()
+
+
+async def test_inline_errors_are_failed_outcomes_with_the_users_frames() -> None:
+    sandbox = await inline_started(f"{DEMO}:fail")
+    outcome = await sandbox.run(task(), None)
+    assert not outcome.ok and outcome.error is not None
+    first, *rest = outcome.error.splitlines()
+    assert first.startswith("RuntimeError: ") and "fails on purpose" in first
+    assert any("demo.py" in line for line in rest)
+    assert not any("sandbox/local.py" in line for line in rest)
+    exits_outcome = await (await inline_started(f"{HERE}:exits")).run(task(), None)
+    assert exits_outcome.error is not None and exits_outcome.error.startswith("SystemExit: 3")
+
+
+async def test_inline_call_past_its_deadline_fails_as_timed_out_when_it_returns() -> None:
+    sandbox = await inline_started(f"{HERE}:thread_name_and_id")
+    started_at = time.monotonic()
+    outcome = await sandbox.run(task(0.2), 0.05)
+    assert time.monotonic() - started_at >= 0.2  # the loop waited for the call
+    assert not outcome.ok and outcome.error == "timed out after 0.05s"
+    assert outcome.lingering is None and not sandbox.busy
+    assert (await sandbox.run(task(0.01), 5)).ok  # within its deadline: its value
+
+
+async def test_inline_leaves_async_executors_as_they_are() -> None:
+    sandbox = await inline_started(f"{DEMO}:sleep")
+    outcome = await sandbox.run(task({"seconds": 10}), 0.05)
+    assert not outcome.ok and outcome.error == "timed out after 0.05s"
+    returned = await (await inline_started(f"{HERE}:returns_coroutine")).run(task(), None)
+    assert msgspec.json.decode(returned.result) == "awaited"
+
+
+async def test_inline_is_an_option_of_create_sandbox() -> None:
+    sandbox = create_sandbox("local", f"{HERE}:thread_name_and_id", None, inline=True)
+    await sandbox.start()
+    outcome = await sandbox.run(task(), None)
+    assert msgspec.json.decode(outcome.result)[1] == threading.get_ident()
+    with pytest.raises(ConfigError, match="inline"):
+        create_sandbox("forked", f"{DEMO}:echo", None, inline=True)

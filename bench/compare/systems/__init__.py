@@ -12,13 +12,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from systems.base import System
 
-#: ``--systems`` name → ``module:class`` (a mawex variant differs only in its journal
-#: and, for ``-busy``, in ``mawex master --busy-poll``).
+#: ``--systems`` name → ``module:class`` (a mawex variant differs only in its journal,
+#: for ``-busy`` in ``mawex master --busy-poll`` and for ``-inline`` in ``mawex worker
+#: --sandbox-inline``).
 SYSTEMS: dict[str, str] = {
     "mawex": "systems.mawex_system:Mawex",
     "mawex-normal": "systems.mawex_system:MawexNormal",
     "mawex-busy": "systems.mawex_system:MawexBusy",
     "mawex-normal-busy": "systems.mawex_system:MawexNormalBusy",
+    "mawex-busy-inline": "systems.mawex_system:MawexBusyInline",
+    "mawex-normal-busy-inline": "systems.mawex_system:MawexNormalBusyInline",
     "mawex-pg": "systems.mawex_system:MawexPostgres",
     "huey": "systems.huey_peer:Huey",
     "dramatiq": "systems.dramatiq_peer:Dramatiq",
@@ -33,6 +36,8 @@ DEFAULT = (
     "mawex-normal",
     "mawex-busy",
     "mawex-normal-busy",
+    "mawex-busy-inline",
+    "mawex-normal-busy-inline",
     "huey",
     "dramatiq",
     "celery",

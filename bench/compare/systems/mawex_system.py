@@ -40,6 +40,8 @@ class Mawex(AsyncSystem):
     journal_mode: str | None = None
     #: ``mawex master --busy-poll`` seconds (0: off, the default).
     busy_poll = 0.0
+    #: ``mawex worker --sandbox-inline``: the no-op runs on the worker's loop.
+    inline = False
 
     def __init__(self, settings: Settings, procs: Processes) -> None:
         super().__init__(settings, procs)
@@ -59,15 +61,17 @@ class Mawex(AsyncSystem):
             "postgresql": "PostgreSQL",
         }.get(self.mode, self.mode)
         busy = f", --busy-poll {self.busy_poll}" if self.busy_poll else ""
+        sandbox = "--sandbox-inline" if self.inline else "local sandbox"
         return {
             "summary": f"1 master ({journal}{busy}), {n} workers x {c} pods",
-            "worker": f"{n} x mawex worker {EXECUTOR} --concurrency {c} (local sandbox)",
+            "worker": f"{n} x mawex worker {EXECUTOR} --concurrency {c} ({sandbox})",
             "result": (
                 f"AsyncClient: {self.in_flight} submit() in flight, results() follow; "
                 "round trips: Client.run()"
             ),
             "journal": self.mode,
             "busy_poll": self.busy_poll,
+            "inline": self.inline,
             "concurrency": c,
             "in_flight": self.in_flight,
         }
@@ -99,6 +103,8 @@ class Mawex(AsyncSystem):
         argv += ["--group", GROUP, "--pod", "w{i}", "--sandbox", "local"]
         argv += ["--log-format", "json", "--log-level", self.settings.log_level]
         argv += ["--concurrency", str(self.concurrency)]
+        if self.inline:
+            argv += ["--sandbox-inline"]
         self.spawn_workers(argv, self.settings.processes)
         expected = self.settings.processes * self.concurrency
 
@@ -198,6 +204,16 @@ class MawexNormalBusy(Mawex):
     name = "mawex-normal-busy"
     journal_mode = "sqlite-normal"
     busy_poll = BUSY_POLL
+
+
+class MawexBusyInline(MawexBusy):
+    name = "mawex-busy-inline"
+    inline = True
+
+
+class MawexNormalBusyInline(MawexNormalBusy):
+    name = "mawex-normal-busy-inline"
+    inline = True
 
 
 class MawexPostgres(Mawex):

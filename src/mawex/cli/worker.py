@@ -45,6 +45,15 @@ log = logging.getLogger("mawex.worker")
 )
 @option("--arg", "args", multiple=True, help="key=value passed to an executor class (repeatable).")
 @option(
+    "--sandbox-inline",
+    is_flag=True,
+    default=False,
+    help="local: run a plain (not async) executor on the worker's event loop instead of "
+    "its executor thread: no thread hand-off per task, but while a call runs the worker "
+    "neither heartbeats nor hears a cancel, and the task's timeout is checked only when "
+    "it returns. For calls of milliseconds.",
+)
+@option(
     "--sandbox-mode",
     type=click.Choice(["auto", "warm", "spawn"]),
     default="auto",
@@ -101,6 +110,7 @@ def worker(
     concurrency: int,
     sandbox: str,
     args: tuple[str, ...],
+    sandbox_inline: bool,
     sandbox_mode: str,
     sandbox_spawn: bool,
     sandbox_memory: int | None,
@@ -124,10 +134,14 @@ def worker(
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     executor_args = parse_args(list(args))
+    if sandbox_inline and sandbox != "local":
+        raise click.UsageError(f"--sandbox-inline is for --sandbox local, not {sandbox}")
     if sandbox == "local":
         load_executor(executor, executor_args)  # fail fast, before connecting
     sandbox_options: dict[str, object] = {}
-    if sandbox == "forked":
+    if sandbox == "local" and sandbox_inline:
+        sandbox_options = {"inline": True}
+    elif sandbox == "forked":
         sandbox_options = {
             "mode": "spawn" if sandbox_spawn else sandbox_mode,
             "memory_mb": sandbox_memory,

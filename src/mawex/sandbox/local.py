@@ -6,6 +6,14 @@ loop (heartbeats, cancel frames) never waits for them. Python cannot interrupt a
 thread: at the deadline, or on cancel, the attempt fails at once and its Outcome
 carries ``lingering``, which completes when the thread finally returns. The next
 ``run`` waits for it, so the pod never runs two tasks' code at once.
+
+With ``inline=True`` (``mawex worker --sandbox-inline``) plain executors run on the
+loop itself, as async ones do, without the hand-off to the thread and back (two
+thread wake-ups: tens of microseconds a task on a small machine). While such a call
+runs, the worker's loop waits: no heartbeat, ping or cancel is handled, and the
+deadline is checked only when the call returns (past it, the attempt fails as timed
+out, its value dropped). For calls of milliseconds; a call of seconds holds up the
+worker's heartbeats, and a master may count the worker lost.
 """
 
 from __future__ import annotations
@@ -59,6 +67,13 @@ async def _call_async(call: Callable[[], Any]) -> _Result:
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _call_inline(call: Callable[[], Any]) -> _Result:
+    try:
+        return True, call()
+    except (Exception, SystemExit) as exc:  # SystemExit must not take the worker down
+        return False, exc
 
 
 class _ExecutorThread:
@@ -119,7 +134,8 @@ class LocalSandbox:
 
     The executor is loaded (and a class instantiated with ``args``) once, in
     :meth:`start`. ``cancel_grace_s`` is how long a cancelled ``async`` executor
-    may take to unwind before it is reported as lingering.
+    may take to unwind before it is reported as lingering. ``inline`` runs a plain
+    executor on the worker's loop rather than on a thread (see the module's notes).
     """
 
     kind = "local"
@@ -131,11 +147,13 @@ class LocalSandbox:
         *,
         cancel_grace_s: float = 1.0,
         error_limit: int = ERROR_LIMIT,
+        inline: bool = False,
     ) -> None:
         self.executor_ref = executor_ref
         self.args = dict(args or {})
         self.cancel_grace_s = cancel_grace_s
         self.error_limit = error_limit
+        self.inline = inline
         self._executor: Executor | None = None
         self._attempt: _Attempt | None = None
         self._lingering: asyncio.Future[None] | None = None
@@ -180,6 +198,8 @@ class LocalSandbox:
             loop = asyncio.get_running_loop()
             deadline = None if timeout_s is None else loop.time() + timeout_s
             work = self._launch(lambda: executor.call(task), executor.is_async)
+            if self.inline and deadline is not None and loop.time() > deadline:
+                return self._stopped(attempt, timeout_s, None)  # an inline call overran
             try:
                 while True:
                     remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -223,11 +243,15 @@ class LocalSandbox:
     # -- internals ------------------------------------------------------------
 
     def _launch(self, call: Callable[[], Any], is_async: bool) -> asyncio.Future[_Result]:
-        """Start ``call``: as an asyncio task when it is async, else in a thread of its own."""
+        """Start ``call``: as an asyncio task when it is async, else in a thread of its
+        own (or, ``inline``, run it here: the future returned is done)."""
         if is_async:
             return asyncio.ensure_future(_call_async(call))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_Result] = loop.create_future()
+        if self.inline:
+            future.set_result(_call_inline(call))
+            return future
         thread = self._thread
         if thread is None or not thread.idle:
             if thread is not None:
