@@ -366,12 +366,19 @@ async def test_inline_call_past_its_deadline_fails_as_timed_out_when_it_returns(
     assert (await sandbox.run(task(0.01), 5)).ok  # within its deadline: its value
 
 
-async def test_inline_leaves_async_executors_as_they_are() -> None:
+async def test_inline_leaves_async_code_as_it_was() -> None:
     sandbox = await inline_started(f"{DEMO}:sleep")
     outcome = await sandbox.run(task({"seconds": 10}), 0.05)
     assert not outcome.ok and outcome.error == "timed out after 0.05s"
-    returned = await (await inline_started(f"{HERE}:returns_coroutine")).run(task(), None)
+    outcome = await sandbox.run(task({"seconds": 10}), 1e-9)  # past its deadline at once
+    assert not outcome.ok and outcome.error == "timed out after 1e-09s"
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # its task was not left running
+    returning = await inline_started(f"{HERE}:returns_coroutine")
+    returned = await returning.run(task(), None)
     assert msgspec.json.decode(returned.result) == "awaited"
+    late = await returning.run(task(), 1e-9)  # the coroutine it returned is closed, not run
+    assert not late.ok and late.error == "timed out after 1e-09s"
 
 
 async def test_inline_is_an_option_of_create_sandbox() -> None:

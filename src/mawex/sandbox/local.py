@@ -198,8 +198,16 @@ class LocalSandbox:
             loop = asyncio.get_running_loop()
             deadline = None if timeout_s is None else loop.time() + timeout_s
             work = self._launch(lambda: executor.call(task), executor.is_async)
-            if self.inline and deadline is not None and loop.time() > deadline:
-                return self._stopped(attempt, timeout_s, None)  # an inline call overran
+            if (
+                self.inline
+                and not executor.is_async
+                and deadline is not None
+                and loop.time() > deadline
+            ):  # an inline call overran: its value is dropped
+                _, value = work.result()
+                if inspect.iscoroutine(value):
+                    value.close()
+                return self._stopped(attempt, timeout_s, None)
             try:
                 while True:
                     remaining = None if deadline is None else max(0.0, deadline - loop.time())
