@@ -173,6 +173,27 @@ def test_worker_sandbox_inline_runs_plain_executors_on_its_loop(cluster: LocalCl
         assert client.run("thr", None, timeout=30) == "mawex-local-executor"
 
 
+def test_worker_sandbox_inline_keeps_its_session_through_calls_of_seconds(
+    cluster: LocalCluster,
+) -> None:
+    """Calls back to back, each holding the worker's loop longer than its ping deadline
+    (3 s) but under the master's worker timeout (5 s): a pong read late, after a call,
+    is no sign of a frozen master, and the worker keeps its session."""
+    cluster.env["PYTHONPATH"] = str(REPO)
+    url = start_leader(cluster).url
+    assert url is not None
+    executor = "tests.sandbox.executors:sleeps"
+    worker = start_worker(
+        cluster, "inline", executor, groups="slow", pod="ps", extra=["--sandbox-inline"]
+    )
+    wait_pod_workers(url, "ps", 1)
+    with mawex.Client(url, timeout=60) as client:
+        ids = [client.submit("slow", {"seconds": 3.5}).id for _ in range(3)]
+        assert [client.result("slow", id, timeout=60) for id in ids] == [{"slept": 3.5}] * 3
+        assert [client.get("slow", id).attempt for id in ids] == [1, 1, 1]
+    assert "master_unresponsive" not in worker.log()
+
+
 def test_worker_sandbox_inline_is_refused_with_another_sandbox(tmp_path: Path) -> None:
     argv = ["worker", DEMO, "--master", "http://127.0.0.1:9", "--group", "g", "--pod", "p"]
     result = _mawex(*argv, "--sandbox", "forked", "--sandbox-inline", cwd=tmp_path)
