@@ -12,7 +12,8 @@ writes each response once:
 - a fixed-length response's head and body in one write: one wake-up of the client,
   where uvicorn writes each ASGI message as it comes.
 
-A timer runs only while a request is still arriving after a read: the usual request
+Past the first request of a connection (whose deadline runs from the opening), a
+timer runs only while a request is still arriving after a read: the usual request
 comes whole in one read and costs none.
 """
 
