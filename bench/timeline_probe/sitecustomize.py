@@ -40,7 +40,7 @@ PROBES = (
     (f"{_WS}:WebSocketsSansIOProtocol.send", "master.ws_write", "master.ws_written"),
     ("starlette.websockets:WebSocket.receive", "", "master.ws_message"),
     (f"{_HTTP}:RequestResponseCycle.send", "master.http_write", "master.http_written"),
-    ("websockets.asyncio.connection:Connection.data_received", "worker.ws_read", ""),
+    ("mawex.worker.connection:WorkerConnection.data_received", "worker.ws_read", ""),
     ("mawex.worker.runner:Worker._dispatch_frame", "worker.frame", ""),
     ("mawex.worker.runner:Worker._execute", "worker.execute", ""),
     ("mawex.sandbox.local:_ExecutorThread.submit", "worker.to_thread", ""),

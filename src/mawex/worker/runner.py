@@ -61,6 +61,7 @@ from mawex.wire.worker import (
     decode_master_message,
     encode,
 )
+from mawex.worker.connection import WorkerConnection
 
 __all__ = [
     "Worker",
@@ -381,6 +382,7 @@ class Worker:
                 ping_timeout=20,
                 max_size=self.max_frame,
                 compression=None,
+                create_connection=WorkerConnection,
             )
         except InvalidStatus as exc:
             self._rejected_handshake(url, exc)
