@@ -36,7 +36,7 @@ PROBES = (
     ("mawex.master.engine:Engine._turn", "master.turn", "master.turn_done"),
     ("mawex.journal.sqlite:SQLiteJournal.append", "master.append", "master.append_done"),
     ("mawex.journal.postgresql:PostgreSQLJournal.append", "master.append", "master.append_done"),
-    (f"{_WS}:WebSocketsSansIOProtocol.data_received", "master.ws_read", ""),
+    ("mawex.server.ws_protocol:LeanWebSocketsProtocol.data_received", "master.ws_read", ""),
     (f"{_WS}:WebSocketsSansIOProtocol.send", "master.ws_write", "master.ws_written"),
     ("starlette.websockets:WebSocket.receive", "", "master.ws_message"),
     (f"{_HTTP}:RequestResponseCycle.send", "master.http_write", "master.http_written"),

@@ -21,6 +21,7 @@ from mawex.master.engine import Engine, EngineSettings
 from mawex.server.app import create_app
 from mawex.server.http_protocol import guarded_http_protocol
 from mawex.server.limits import NetLimits
+from mawex.server.ws_protocol import LeanWebSocketsProtocol
 from mawex.wire.api import ApiLimits
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ class LocalMaster:
             proxy_headers=False,
             server_header=False,
             http=guarded_http_protocol(net),
+            ws=LeanWebSocketsProtocol,
             limit_concurrency=net.max_connections,
             timeout_keep_alive=net.keep_alive_timeout,
             h11_max_incomplete_event_size=net.max_header_bytes,

@@ -59,3 +59,22 @@ def test_a_version_2_worker_gets_ack_and_assign_in_one_frame(master: ThreadMaste
 def test_a_worker_that_names_no_version_gets_one_message_per_frame(master: ThreadMaster) -> None:
     frames = _run_two(master, "v1", version=None)
     assert [_kinds(f) for f in frames] == ["assign", "ack"]
+
+
+def test_a_worker_may_frame_its_messages_any_way_websocket_allows(master: ThreadMaster) -> None:
+    """Fragmented, with a 16-bit length, binary: the master reads each, whether its
+    short cut for a lone text frame or websockets' parser takes it."""
+    with connect(ws_url(master.url)) as ws:
+        text = hello("frames-w", group="frames")
+        ws.send(iter([text[:10], text[10:]]))  # a fragmented message
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        ws.send('{"type": "heartbeat"}' + " " * 300)  # a 16-bit length
+        response = httpx.post(master.url + "/v1/tasks", json={"id": "f1", "group": "frames"})
+        assert response.status_code == 202
+        assign = json.loads(ws.recv(timeout=10))
+        assert assign["type"] == "assign" and assign["id"] == "f1"
+        finished = {"type": "finished", "group": "frames", "id": "f1",
+                    "attempt": assign["attempt"], "ok": True, "result": "framed"}  # fmt: skip
+        ws.send(json.dumps(finished).encode())  # binary
+        done = httpx.get(f"{master.url}/v1/tasks/frames/f1", params={"wait": 10}, timeout=20)
+    assert done.json()["status"] == "completed" and done.json()["result"] == "framed"

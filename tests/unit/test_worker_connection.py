@@ -101,7 +101,8 @@ async def _until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 @pytest.mark.parametrize("connection", [WorkerConnection, ClientConnection])
 async def test_every_kind_of_frame_arrives_as_sent(connection: type[ClientConnection]) -> None:
-    """The same messages through the short cut's connection and websockets' own."""
+    """The same messages through the short cut's connection and websockets' own (which
+    frames the short cut takes: ``tests/unit/test_ws_frames.py``)."""
     pong: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -165,28 +166,3 @@ async def test_a_bad_frame_ends_as_with_websockets_own(
 ) -> None:
     assert await _outcome(ClientConnection, data) == expected
     assert await _outcome(WorkerConnection, data) == expected
-
-
-async def test_the_short_cut_takes_only_a_lone_final_text_frame_of_utf8() -> None:
-    async with serving(_until_closed) as url:
-        async with connect(url, create_connection=WorkerConnection, max_size=1000) as ws:
-            assert isinstance(ws, WorkerConnection)
-            for taken in (text("hello"), text("é" * 200)):
-                assert ws.take_text_frame(taken)
-            assert await ws.recv() == "hello" and await ws.recv() == "é" * 200
-            for left in (
-                frame(0x1, b"hello", fin=False),  # the first of a fragmented message
-                frame(0x2, b"hello"),  # binary
-                frame(0x9, b"ping"),  # control
-                frame(0x1, b"\xff\xfe"),  # not UTF-8
-                b"\x81\x85abcd" + b"hello",  # masked: no server sends that
-                text("one") + text("two"),  # two frames
-                text("cut short")[:-1],  # part of one
-                text("z" * 1001),  # over max_size
-                frame(0x1, b"w" * 70_000),  # a 64-bit length
-                b"\x81",  # a byte
-            ):
-                assert not ws.take_text_frame(left), left[:12]
-            ws.protocol.reader.buffer.extend(b"\x81")  # a frame begun in an earlier read
-            assert not ws.take_text_frame(text("after"))
-            ws.protocol.reader.buffer.clear()
