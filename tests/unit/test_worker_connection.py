@@ -16,20 +16,11 @@ from websockets.exceptions import ConnectionClosedError
 
 from mawex.worker.connection import WorkerConnection
 
+from .ws_frame_bytes import frame
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """An unmasked frame, as a server sends it."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size = len(payload)
-    if size < 126:
-        return head + bytes([size]) + payload
-    if size < 1 << 16:
-        return head + bytes([126]) + size.to_bytes(2, "big") + payload
-    return head + bytes([127]) + size.to_bytes(8, "big") + payload
 
 
 def text(value: str) -> bytes:

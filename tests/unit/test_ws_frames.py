@@ -4,8 +4,6 @@ whose parser is between frames; everything else is left to websockets."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from websockets.client import ClientProtocol
 from websockets.protocol import Protocol, State
@@ -14,21 +12,7 @@ from websockets.uri import parse_uri
 
 from mawex.wire.ws_frames import lone_text_frame
 
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = False) -> bytes:
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size = len(payload)
-    bit = 0x80 if masked else 0
-    if size < 126:
-        head += bytes([bit | size])
-    elif size < 1 << 16:
-        head += bytes([bit | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([bit | 127]) + size.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    mask = os.urandom(4)
-    return head + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+from .ws_frame_bytes import frame
 
 
 def open_protocol(side: str, max_size: int | None = 1000) -> Protocol:
