@@ -8,7 +8,8 @@ kind of hop with nothing mawex-specific on top, as ping-pongs of a 100-byte mess
 
 - ``tcp``: two uvloop processes echoing over a loopback socket (asyncio protocols);
 - ``ws``: the worker channel's stack, uvicorn + Starlette ``WebSocketRoute`` (the
-  master's settings) echoing to a ``websockets`` client (the worker's);
+  master's settings and WebSocket protocol) echoing to the worker's ``websockets``
+  client connection;
 - ``http``: the client's stack, ``mawex.Client``'s blocking HTTP/1.1 connection
   posting to a plain-ASGI handler on uvicorn with the master's HTTP protocol;
 - ``thread``: in one process, the event loop handing a call to a thread and hearing
@@ -63,6 +64,7 @@ async def _serve(kind: str, port: int) -> None:
 
     from mawex.server.http_protocol import guarded_http_protocol
     from mawex.server.limits import NetLimits
+    from mawex.server.ws_protocol import LeanWebSocketsProtocol
 
     async def echo_ws(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -92,6 +94,7 @@ async def _serve(kind: str, port: int) -> None:
         proxy_headers=False,
         server_header=False,
         http=guarded_http_protocol(NetLimits()),
+        ws=LeanWebSocketsProtocol,
         ws_per_message_deflate=False,
     )
     await uvicorn.Server(config).serve()
@@ -136,8 +139,11 @@ async def _tcp(port: int, rounds: int) -> list[float]:
 async def _ws(port: int, rounds: int) -> list[float]:
     from websockets.asyncio.client import connect
 
+    from mawex.worker.connection import WorkerConnection
+
     text = MESSAGE.decode()
-    async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as websocket:
+    url = f"ws://127.0.0.1:{port}/ws"
+    async with connect(url, compression=None, create_connection=WorkerConnection) as websocket:
 
         async def exchange() -> None:
             await websocket.send(text)

@@ -15,7 +15,7 @@ class LeanWebSocketsProtocol(WebSocketsSansIOProtocol):
     through websockets' parser."""
 
     def data_received(self, data: bytes) -> None:
-        payload = None if self.close_sent else lone_text_frame(data, self.conn)
+        payload = lone_text_frame(data, self.conn)  # None once closing: not OPEN then
         if payload is None:
             super().data_received(data)
         else:
