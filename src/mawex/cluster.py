@@ -173,13 +173,14 @@ class LocalCluster:
         sandbox: str = "local",
         args: dict[str, str] | None = None,
         extra: tuple[str, ...] = (),
+        masters: str | None = None,
     ) -> Proc:
-        """Start ``mawex worker`` against every known master."""
+        """Start ``mawex worker`` against ``masters`` (default: every known master)."""
         argv = [
             "worker",
             executor,
             "--master",
-            ",".join(self.master_urls),
+            masters or ",".join(self.master_urls),
             "--group",
             groups,
             "--pod",

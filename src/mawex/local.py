@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from mawex.addresses import UnixListener, master_url, parse_listen
 from mawex.core.decide import Limits
 from mawex.errors import ConfigError
 from mawex.journal import open_journal
@@ -28,20 +30,18 @@ if TYPE_CHECKING:
     from mawex.client.async_ import AsyncClient
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a pair."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen must be HOST:PORT, not {listen!r}")
-    return host.strip("[]"), int(port)
+#: Connections a listening socket queues before the server accepts them.
+BACKLOG = 2048
 
 
 class LocalMaster:
     """A master (leader or standby) serving HTTP in the current event loop.
 
     ``journal`` is a journal URL (``sqlite:///./mawex.db``, ``postgresql://…``,
-    ``redis://…``) or a :class:`~mawex.journal.base.Journal`; ``listen`` may use
-    port 0 to pick a free port (see :attr:`url`). ``token`` is required of clients
+    ``redis://…``) or a :class:`~mawex.journal.base.Journal`; ``listen`` is
+    ``HOST:PORT`` (port 0 picks a free port: see :attr:`url`), ``unix:PATH`` (a Unix
+    socket, for clients and workers on this machine) or several, comma-separated
+    (:mod:`mawex.addresses`). ``token`` is required of clients
     and ``worker_token`` (if given) of workers; ``tls_cert``/``tls_key`` serve
     HTTPS and WSS; ``api_limits`` and ``net_limits`` bound what clients may send.
     ``gc_freeze`` pauses and then freezes Python's cycle collector for the process
@@ -77,8 +77,14 @@ class LocalMaster:
         busy_poll: float = 0.0,
     ) -> None:
         self._journal_spec = journal
-        self.host, self.port = parse_listen(listen)
-        self._advertise = advertise
+        #: Where it listens (with the ports picked once started).
+        self.addresses = parse_listen(listen)
+        if tls_cert and any(address.is_unix for address in self.addresses):
+            raise ConfigError(
+                "TLS serves TCP addresses only: listen on unix:PATH without --tls-cert "
+                "(the socket file's permissions guard it) or on HOST:PORT with it"
+            )
+        self._advertise = master_url(advertise) if advertise else None
         self.master_id = master_id
         self.lease_ttl = lease_ttl
         if token and worker_token and token == worker_token:
@@ -101,7 +107,8 @@ class LocalMaster:
         self._engine: Engine | None = None
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
-        self._socket: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._unix_listeners: list[UnixListener] = []
 
     @property
     def engine(self) -> Engine:
@@ -112,21 +119,15 @@ class LocalMaster:
     @property
     def url(self) -> str:
         """The URL clients and workers use to reach this master."""
-        if self._advertise:
-            return self._advertise
-        scheme = "https" if self.tls_cert else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
+        return self._advertise or self.addresses[0].url(tls=bool(self.tls_cert))
 
     async def start(self) -> None:
         """Bind, open the journal, start the engine and serve; waits for leadership if asked."""
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(2048)
-        sock.setblocking(False)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
+        try:
+            self._bind()
+        except BaseException:
+            self._close_sockets()
+            raise
         journal = (
             open_journal(self._journal_spec, namespace=self.master_id)
             if isinstance(self._journal_spec, str)
@@ -176,7 +177,7 @@ class LocalMaster:
         )
         server = _QuietServer(config)
         self._server = server
-        self._serve_task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._serve_task = asyncio.create_task(server.serve(sockets=self._sockets))
         while not server.started:
             if self._serve_task.done():
                 await self._serve_task
@@ -203,8 +204,33 @@ class LocalMaster:
         if self._serve_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._serve_task, 5)
-        if self._socket is not None:
-            self._socket.close()
+        self._close_sockets()
+
+    def _bind(self) -> None:
+        for i, address in enumerate(self.addresses):
+            if address.path is not None:
+                listener = UnixListener(address.path, BACKLOG)
+                self._unix_listeners.append(listener)
+                self._sockets.append(listener.socket)
+                continue
+            sock = socket.socket(socket.AF_INET6 if ":" in address.host else socket.AF_INET)
+            self._sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address.host, address.port))
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+            self.addresses[i] = dataclasses.replace(address, port=sock.getsockname()[1])
+
+    def _close_sockets(self) -> None:
+        for listener in self._unix_listeners:
+            listener.close()
+        for sock in self._sockets:
+            sock.close()
+        self._unix_listeners.clear()
+        self._sockets.clear()
 
     def __repr__(self) -> str:
         return f"LocalMaster({self.url!r}, master_id={self.master_id!r})"

@@ -88,8 +88,10 @@ def start_worker(
     args: Mapping[str, str] | None = None,
     drain: float = 2.0,
     extra: Sequence[str] = (),
+    masters: str | None = None,
 ) -> Proc:
-    """Start ``mawex worker`` against every master of the cluster (not waiting)."""
+    """Start ``mawex worker`` against ``masters`` (default: every master of the cluster),
+    not waiting."""
     return cluster.start_worker(
         name,
         executor,
@@ -97,6 +99,7 @@ def start_worker(
         pod=pod,
         args=dict(args or {}),
         extra=("--drain-timeout", str(drain), *extra),
+        masters=masters,
     )
 
 

@@ -521,6 +521,8 @@ async def test_a_pool_fails_fast_on_a_bad_executor(master: FakeMaster) -> None:
         ("h:1", "ws://h:1/v1/worker"),
         ("http://h:1/prefix", "ws://h:1/prefix/v1/worker"),
         ("ws://h:1/v1/worker", "ws://h:1/v1/worker"),
+        ("unix:/run/m.sock", "ws+unix://%2Frun%2Fm.sock/v1/worker"),
+        ("http+unix://%2Frun%2Fm.sock/", "ws+unix://%2Frun%2Fm.sock/v1/worker"),
     ],
 )
 def test_worker_ws_url(given: str, expected: str) -> None:

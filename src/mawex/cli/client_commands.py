@@ -17,6 +17,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
+from mawex.addresses import display_url
 from mawex.cli.options import ca_option, masters_option, option, token_option
 from mawex.errors import Rejected
 
@@ -310,21 +311,21 @@ def print_state(state: dict[str, Any], console: Any) -> None:
     leader = bool(state.get("leader"))
     role = "[bold green]leader[/]" if leader else "[bold yellow]standby[/]"
     lease = state.get("lease_expires_in_s")
-    url = escape(str(state.get("url") or ""))
+    url = escape(display_url(str(state.get("url") or "")))
     console.print(
         f"master {url} {role} · id {escape(str(state.get('master_id')))}"
         f" · epoch {state.get('epoch')}"
         + (f" · lease expires in {lease:.1f}s" if isinstance(lease, int | float) else "")
     )
     if not leader:
-        console.print(f"leader: {escape(str(state.get('leader_url') or 'unknown'))}")
+        console.print(f"leader: {escape(display_url(str(state.get('leader_url') or 'unknown')))}")
     masters = state.get("masters") or []
     if masters:
         table = Table("master", "role", "holder", "seen (s ago)", title="masters")
         for m in masters:
             seen = m.get("seen_s_ago")
             table.add_row(
-                escape(str(m.get("url") or "")),
+                escape(display_url(str(m.get("url") or ""))),
                 str(m.get("role") or ""),
                 escape(str(m.get("holder") or "")),
                 "" if seen is None else f"{seen:.1f}",

@@ -20,11 +20,16 @@ log = logging.getLogger("mawex.master")
     default="sqlite:///./mawex.db",
     help="Journal URL: sqlite:///…, postgresql://…, redis://….",
 )
-@option("--listen", default="127.0.0.1:7070", help="HOST:PORT to serve HTTP on.")
+@option(
+    "--listen",
+    default="127.0.0.1:7070",
+    help="HOST:PORT to serve HTTP on, or unix:PATH (a Unix socket, for clients and workers "
+    "on this machine); several, comma-separated.",
+)
 @option(
     "--advertise",
     default=None,
-    help="URL others use to reach this master (default: from --listen).",
+    help="URL others use to reach this master (default: from the first --listen address).",
 )
 @option(
     "--master-id", default="default", help="Namespace of independent masters sharing a journal."
@@ -166,10 +171,11 @@ def master(
     log_format: str,
 ) -> None:
     """Run a master. Several masters on one journal elect one leader; the others stand by."""
+    from mawex.addresses import parse_listen
     from mawex.core.decide import Limits
     from mawex.errors import ConfigError
     from mawex.journal import parse_journal_url
-    from mawex.local import LocalMaster, parse_listen
+    from mawex.local import LocalMaster
     from mawex.logs import setup_logging
     from mawex.model import check_name
     from mawex.server.limits import NetLimits, raise_fd_limit
@@ -234,7 +240,12 @@ async def _serve(local: object) -> None:
     await local.start()
     log.info(
         "master serving",
-        extra={"action": "master_started", "url": local.url, "master_id": local.master_id},
+        extra={
+            "action": "master_started",
+            "url": local.url,
+            "listen": ",".join(map(str, local.addresses)),
+            "master_id": local.master_id,
+        },
     )
     serving = asyncio.create_task(local.serve_forever())
     stopping = asyncio.create_task(stop.wait())

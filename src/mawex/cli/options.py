@@ -46,7 +46,8 @@ def masters_option(required: bool = True) -> Callable[[F], F]:
         "masters",
         envvar="MAWEX_MASTER",
         required=required,
-        help="Master URL(s), comma-separated; standbys redirect to the leader.",
+        help="Master URL(s), comma-separated: http(s)://HOST:PORT, or unix:PATH for a master "
+        "on a Unix socket of this machine; standbys redirect to the leader.",
     )
 
 

@@ -23,11 +23,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 import msgspec
 
+from mawex.addresses import master_url, socket_path
 from mawex.errors import (
     ConfigError,
     MawexError,
@@ -133,15 +134,14 @@ Flow: TypeAlias = Generator[Send | Sleep | Emit, Outcome, T]
 # -- URLs and failover --------------------------------------------------------------------------
 
 
-def normalize_url(url: str) -> str:
-    """``"host:port/"`` → ``"http://host:port"``; raises :class:`ConfigError` on junk."""
-    url = url.strip()
-    if "://" not in url:
-        url = "http://" + url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"invalid master URL {url!r}: expected http(s)://host:port")
-    return url.rstrip("/")
+def refuse_unix_with_transport(urls: Sequence[str]) -> None:
+    """A client given its own httpx transport cannot reach a master on a Unix socket."""
+    for url in urls:
+        if socket_path(url) is not None:
+            raise ConfigError(
+                f"{url} is a Unix socket: the client reaches it on its own connections, "
+                "not through a given httpx transport"
+            )
 
 
 def parse_masters(masters: str | Sequence[str]) -> list[str]:
@@ -151,7 +151,7 @@ def parse_masters(masters: str | Sequence[str]) -> list[str]:
     for item in items:
         for raw in str(item).split(","):
             if raw.strip():
-                url = normalize_url(raw)
+                url = master_url(raw)
                 if url not in urls:
                     urls.append(url)
     if not urls:
@@ -325,7 +325,7 @@ def _hint(leader: object) -> str | None:
     if not isinstance(leader, str) or not leader.strip():
         return None
     try:
-        return normalize_url(leader)
+        return master_url(leader)
     except ConfigError:
         return None
 

@@ -26,10 +26,12 @@ import ssl
 import threading
 from collections.abc import Mapping
 from typing import cast
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import httptools
 import httpx
+
+from mawex.addresses import UNIX_SCHEME
 
 #: Connections kept per master; more requests in flight wait for one.
 MAX_CONNECTIONS = 32
@@ -256,18 +258,27 @@ def _prepare(
 def _split(url: str) -> tuple[Origin, str, str] | None:
     """``url``'s origin, ``host[:port]`` and request target; None if it cannot be requested.
 
-    Cached: a client asks for the same few URLs over and over.
+    The origin of a ``http+unix://`` URL is ``("http+unix", socket path, 0)``, and its
+    requests name ``localhost`` as their host. Cached: a client asks for the same few
+    URLs over and over.
     """
     parts = urlsplit(url)
     scheme = parts.scheme
+    if scheme == UNIX_SCHEME:
+        path = unquote(parts.netloc)
+        if not path:
+            return None
+        return (scheme, path, 0), "localhost", _target(parts.path, parts.query)
     host = parts.hostname or ""
     if scheme not in ("http", "https") or not host:
         return None
     port = parts.port or (443 if scheme == "https" else 80)
-    target = parts.path or "/"
-    if parts.query:
-        target = f"{target}?{parts.query}"
-    return (scheme, host, port), parts.netloc, target
+    return (scheme, host, port), parts.netloc, _target(parts.path, parts.query)
+
+
+def _target(path: str, query: str) -> str:
+    target = path or "/"
+    return f"{target}?{query}" if query else target
 
 
 def _with_query(url: str, query: str) -> str:
@@ -283,6 +294,22 @@ def _header_lines(headers: tuple[tuple[str, str], ...]) -> str:
 def _query(params: tuple[tuple[str, str], ...]) -> str:
     """``params`` URL-encoded (cached: a client's query strings repeat)."""
     return urlencode(params)
+
+
+def _where(origin: Origin) -> str:
+    scheme, host, port = origin
+    return f"unix:{host}" if scheme == UNIX_SCHEME else f"{host}:{port}"
+
+
+def _unix_connection(path: str, timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Pool(abc.ABC):
@@ -391,9 +418,14 @@ class LeanHttp(_Pool):
             context = self._ssl or ssl.create_default_context()
         try:
             async with asyncio.timeout(limits.connect):
-                _, connection = await loop.create_connection(_Connection, host, port, ssl=context)
+                if scheme == UNIX_SCHEME:
+                    _, connection = await loop.create_unix_connection(_Connection, host)
+                else:
+                    _, connection = await loop.create_connection(
+                        _Connection, host, port, ssl=context
+                    )
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+            raise httpx.ConnectTimeout(f"connecting to {_where(key)} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
         return connection
@@ -531,9 +563,12 @@ class LeanHttpSync(_Pool):
                     return connection
         scheme, host, port = key
         try:
+            if scheme == UNIX_SCHEME:
+                sock = _unix_connection(host, limits.connect)
+                return _BlockingConnection(sock)
             sock = socket.create_connection((host, port), timeout=limits.connect)
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+            raise httpx.ConnectTimeout(f"connecting to {_where(key)} timed out") from None
         except OSError as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
         try:

@@ -32,6 +32,7 @@ from mawex.client._base import (
     Submission,
     SubmitReceipt,
     http_options,
+    refuse_unix_with_transport,
     submission,
     take_batch,
 )
@@ -78,6 +79,8 @@ class Client:
         failover_timeout: float = FAILOVER_TIMEOUT,
     ) -> None:
         self._core = ClientCore(masters, timeout=timeout, failover_timeout=failover_timeout)
+        if transport is not None:
+            refuse_unix_with_transport(self._core.failover.urls)
         options = http_options(token=token, ca=ca, timeout=timeout)
         self._http: LeanHttpSync | httpx.Client
         if transport is None:

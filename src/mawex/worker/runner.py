@@ -37,6 +37,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from mawex.addresses import UNIX_PREFIX, UNIX_SCHEME, master_url, socket_path
 from mawex.errors import ConfigError, Rejected
 from mawex.model import Task, check_name
 from mawex.sandbox import Outcome, Sandbox, create_sandbox
@@ -95,9 +96,12 @@ class WorkerState(StrEnum):
 def worker_ws_url(master: str) -> str:
     """``http(s)://host:port[/prefix]`` → ``ws(s)://host:port[/prefix]/v1/worker``.
 
-    ``ws(s)://`` URLs are taken as they are; a bare ``host:port`` means ``http``.
+    ``ws(s)://`` URLs are taken as they are; a bare ``host:port`` means ``http``. A
+    master on a Unix socket (``unix:PATH``, ``http+unix://…``) → ``ws+unix://…/v1/worker``.
     """
     text = master.strip()
+    if text.startswith((UNIX_PREFIX, f"{UNIX_SCHEME}://")):
+        return f"ws+unix{master_url(text)[len(UNIX_SCHEME) :]}{WORKER_PATH}"
     if "://" not in text:
         text = f"http://{text}"
     parts = urlsplit(text)
@@ -371,9 +375,11 @@ class Worker:
     async def _connect_once(self, url: str) -> bool:
         """One session with ``url``; True when a master welcomed the worker."""
         self._log(logging.DEBUG, "connecting", "connect", url=url)
+        path = socket_path(url)
+        unix: dict[str, Any] = {} if path is None else {"unix": True, "path": path}
         try:
             ws = await connect(
-                url,
+                url if path is None else f"ws://localhost{WORKER_PATH}",
                 additional_headers=self._headers,
                 ssl=self._ssl if url.startswith("wss:") else None,
                 open_timeout=self.connect_timeout,
@@ -383,6 +389,7 @@ class Worker:
                 max_size=self.max_frame,
                 compression=None,
                 create_connection=WorkerConnection,
+                **unix,
             )
         except InvalidStatus as exc:
             self._rejected_handshake(url, exc)

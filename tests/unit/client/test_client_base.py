@@ -46,13 +46,19 @@ from mawex.model import TaskStatus
         (["http://a:1,http://b:2", "http://c:3"], ["http://a:1", "http://b:2", "http://c:3"]),
         ("a:1,http://a:1", ["http://a:1"]),
         ("http://proxy/mawex/", ["http://proxy/mawex"]),
+        (
+            "unix:/run/m.sock,http+unix://%2Frun%2Fm.sock,unix:/run/n.sock",
+            ["http+unix://%2Frun%2Fm.sock", "http+unix://%2Frun%2Fn.sock"],
+        ),
     ],
 )
 def test_parse_masters(masters: Any, urls: list[str]) -> None:
     assert parse_masters(masters) == urls
 
 
-@pytest.mark.parametrize("masters", ["", " , ", [], "ftp://a:1", "http://"])
+@pytest.mark.parametrize(
+    "masters", ["", " , ", [], "ftp://a:1", "http://", "unix:", "http+unix://%2Fm.sock/v1"]
+)
 def test_parse_masters_rejects(masters: Any) -> None:
     with pytest.raises(ConfigError):
         parse_masters(masters)
