@@ -5,7 +5,8 @@ on loopback; after ``--warmup`` unmeasured calls, ``--tasks`` calls of ``run()``
 after another (submit and wait in one request). Prints p50/p99/mean in ms and the CPU
 (user + system, all threads) each process spent per task. ``--busy-poll S`` runs the
 master with ``--busy-poll S`` (it keeps polling S seconds after each turn);
-``--inline`` the worker with ``--sandbox-inline``.
+``--inline`` the worker with ``--sandbox-inline``; ``--unix`` has the worker and the
+client reach the master on a Unix socket (``--listen unix:PATH``) instead of TCP.
 
 ``--timeline`` also prints where the time of a median round trip goes: each
 process records timestamps at its steps (``bench/timeline_probe``; about a
@@ -66,6 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="mawex master --busy-poll: seconds it keeps polling after each turn",
     )
     add("--inline", action="store_true", help="mawex worker --sandbox-inline")
+    add("--unix", action="store_true", help="the worker and the client on a Unix socket")
     add("--samples", default=None, help="write each call's start (s) and round trip (ms) here")
     add("--timeline", action="store_true", help="print where a median round trip's time goes")
     add("--src", default=None, help="another checkout (or its src/) to run instead of this one")
@@ -138,12 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         journal.create()
         try:
             port = free_port()
-            url = f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{port}"  # this script's own probes
+            listen = f"127.0.0.1:{port}"
+            served = url  # what the worker and the client use
+            if args.unix:
+                listen += f",unix:{workdir / 'master.sock'}"
+                served = f"unix:{workdir / 'master.sock'}"
             master = procs.spawn(
                 "master",
                 [
                     *(sys.executable, "-m", "mawex", "master", "--journal", journal.url),
-                    *("--listen", f"127.0.0.1:{port}", "--log-level", "warning"),
+                    *("--listen", listen, "--log-level", "warning"),
                     *(("--busy-poll", str(args.busy_poll)) if args.busy_poll else ()),
                 ],
                 env,
@@ -162,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker = procs.spawn(
                 "worker",
                 [
-                    *(sys.executable, "-m", "mawex", "worker", args.executor, "--master", url),
+                    *(sys.executable, "-m", "mawex", "worker", args.executor, "--master", served),
                     *("--group", GROUP, "--pod", "p", "--concurrency", str(args.pods)),
                     *("--log-level", "warning"),
                     *(("--sandbox-inline",) if args.inline else ()),
@@ -178,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             wait_until(connected, 60, f"{args.pods} pods connected")
             samples, cpu, own = measure(
-                args, url, lambda: [master.cpu_seconds(), worker.cpu_seconds()]
+                args, served, lambda: [master.cpu_seconds(), worker.cpu_seconds()]
             )
         finally:
             procs.stop_all()
@@ -191,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"git {git_describe(checkout)} journal {args.journal} "
         f"client {args.client} pods {args.pods} busy-poll {args.busy_poll * 1e6:.0f} us "
-        f"{'inline ' if args.inline else ''}tasks {n}: "
+        f"{'inline ' if args.inline else ''}{'unix ' if args.unix else ''}tasks {n}: "
         f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms p99 {percentile(samples, 0.99) * 1e3:.3f} "
         f"ms mean {sum(samples) / n * 1e3:.3f} ms | CPU per task: master {master_us:.0f} us, "
         f"worker {worker_us:.0f} us, client {own / n * 1e6:.0f} us"

@@ -15,6 +15,11 @@ the median and the min-max over them, and the ratio of each mawex variant to the
 best peer. Writes ``compare-<timestamp>.md`` and ``.json`` (every sample and the
 environment) into ``--out``. Every process is stopped by its PID or process group.
 
+``--redis-unix`` starts a Redis of the harness's own (no persistence, as the local one)
+on a Unix socket for the peers, to set beside the ``mawex-*-unix`` variants, whose
+workers and clients reach their master on a Unix socket: every system then talks
+over Unix sockets on this machine.
+
 Run: ``make bench-compare COMPARE_ARGS="--quick"`` or
 ``bench/compare/.venv/bin/python bench/compare/run.py [--systems huey,mawex] [--reps 3]``
 """
@@ -29,6 +34,7 @@ import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +50,7 @@ sys.path.insert(1, str(HERE.parent))  # bench/_common.py
 
 from _common import DEFAULT_PG, Processes, git_describe, percentile  # noqa: E402
 from systems import DEFAULT, SYSTEMS, load  # noqa: E402
+from systems.base import REDIS_ENV  # noqa: E402
 
 if TYPE_CHECKING:  # the peers' modules import lazily: --help works without them
     from systems.base import System
@@ -98,6 +105,7 @@ class RedisDb:
         except redis.ResponseError:
             save = None
         return {
+            "url": self.url,
             "version": info.get("redis_version"),
             "aof_enabled": info.get("aof_enabled"),
             "rdb_save": save,
@@ -108,6 +116,48 @@ class RedisDb:
         self.flush()
         self.client.delete(MARKER)
         self.client.close()
+
+
+def redis_db_url(server: str, db: int) -> str:
+    """The URL of database ``db`` of the server at ``server`` (``redis://`` or ``unix://``)."""
+    if server.startswith("unix://"):
+        return f"{server}?db={db}"
+    return f"{server.rstrip('/')}/{db}"
+
+
+class UnixRedis:
+    """A ``redis-server`` of the harness's own on a Unix socket, without persistence."""
+
+    def __init__(self) -> None:
+        import redis
+
+        self.dir = Path(tempfile.mkdtemp(prefix="mawex-compare-redis-"))
+        self.path = self.dir / "redis.sock"
+        argv = ["redis-server", "--port", "0", "--unixsocket", str(self.path)]
+        argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                redis.Redis(unix_socket_path=str(self.path)).ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise SystemExit(f"redis-server on {self.path} did not start") from None
+                time.sleep(0.05)
+        self.url = f"unix://{self.path}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # -- one system, one repetition ------------------------------------------------------------
@@ -347,6 +397,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--reps", type=int, default=3, help="repetitions, systems interleaved")
     add("--processes", type=int, default=2, help="worker OS processes per system")
     add("--redis-url", default="redis://127.0.0.1:6379", help="Redis server of the peers")
+    add(
+        "--redis-unix",
+        action="store_true",
+        help="the peers on a Redis of the harness's own, on a Unix socket (not --redis-url)",
+    )
     add("--redis-db", type=int, default=9, help="Redis database of the peers (FLUSHDB'd)")
     add("--force-flush", action="store_true", help="flush --redis-db even if not ours")
     add(
@@ -401,7 +456,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # finally blocks stop children
-    db = RedisDb(f"{args.redis_url.rstrip('/')}/{args.redis_db}", args.force_flush)
+    unix_redis = UnixRedis() if args.redis_unix else None
+    server = unix_redis.url if unix_redis else args.redis_url
+    try:
+        db = RedisDb(redis_db_url(server, args.redis_db), args.force_flush)
+    except BaseException:
+        if unix_redis is not None:
+            unix_redis.close()
+        raise
+    # the peers' modules, imported here too, build their clients from it
+    os.environ[REDIS_ENV] = db.url
     started = datetime.datetime.now().astimezone()
     env = environment(db)
     samples: dict[str, list[Sample]] = {name: [] for name in args.systems}
@@ -423,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
     finally:
         db.close()
+        if unix_redis is not None:
+            unix_redis.close()
     env["load_avg_1m_after"] = os.getloadavg()[0]
     summary = {name: summarize(s) for name, s in samples.items()}
     report = {

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     from systems.base import System
 
 #: ``--systems`` name → ``module:class`` (a mawex variant differs only in its journal,
-#: for ``-busy`` in ``mawex master --busy-poll`` and for ``-inline`` in ``mawex worker
-#: --sandbox-inline``).
+#: for ``-busy`` in ``mawex master --busy-poll``, for ``-inline`` in ``mawex worker
+#: --sandbox-inline`` and for ``-unix`` in a Unix socket between the master and the
+#: workers and clients: set those beside peers on ``run.py --redis-unix``).
 SYSTEMS: dict[str, str] = {
     "mawex": "systems.mawex_system:Mawex",
     "mawex-normal": "systems.mawex_system:MawexNormal",
@@ -22,6 +23,9 @@ SYSTEMS: dict[str, str] = {
     "mawex-normal-busy": "systems.mawex_system:MawexNormalBusy",
     "mawex-busy-inline": "systems.mawex_system:MawexBusyInline",
     "mawex-normal-busy-inline": "systems.mawex_system:MawexNormalBusyInline",
+    "mawex-unix": "systems.mawex_system:MawexUnix",
+    "mawex-busy-inline-unix": "systems.mawex_system:MawexBusyInlineUnix",
+    "mawex-normal-busy-inline-unix": "systems.mawex_system:MawexNormalBusyInlineUnix",
     "mawex-pg": "systems.mawex_system:MawexPostgres",
     "huey": "systems.huey_peer:Huey",
     "dramatiq": "systems.dramatiq_peer:Dramatiq",

@@ -13,13 +13,23 @@ import os
 import sys
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from celery import Celery as CeleryApp
 from celery.result import AsyncResult
 
 from systems.base import RESULT_TIMEOUT, SyncPeer, redis_url
 
-app = CeleryApp("bench", broker=redis_url(), backend=redis_url())
+
+def celery_url(url: str) -> str:
+    """``url`` as Celery writes it: ``unix://PATH?db=N`` is ``redis+socket://PATH?virtual_host=N``."""
+    if not url.startswith("unix://"):
+        return url
+    path, _, query = url.removeprefix("unix://").partition("?")
+    return f"redis+socket://{path}?virtual_host={dict(parse_qsl(query)).get('db', '0')}"
+
+
+app = CeleryApp("bench", broker=celery_url(redis_url()), backend=celery_url(redis_url()))
 app.conf.update(
     task_default_queue="bench",
     task_serializer="json",

@@ -8,7 +8,10 @@ The client is ``mawex.AsyncClient``: single ``submit()`` calls with many in
 flight, results read from the result topic (``client.results()``). Round trips use
 the blocking ``mawex.Client.run()`` (submit and wait in one request), one call after
 another from one thread, as the peers' blocking clients are used. The ``-busy``
-variants run the master with ``--busy-poll`` (:data:`BUSY_POLL` seconds).
+variants run the master with ``--busy-poll`` (:data:`BUSY_POLL` seconds); in the
+``-unix`` variants the workers and the clients reach the master on a Unix socket
+(``--listen unix:PATH``), to set beside peers on a Redis of a Unix socket
+(``run.py --redis-unix``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Mawex(AsyncSystem):
     busy_poll = 0.0
     #: ``mawex worker --sandbox-inline``: the no-op runs on the worker's loop.
     inline = False
+    #: Workers and clients on the master's Unix socket instead of TCP.
+    unix = False
 
     def __init__(self, settings: Settings, procs: Processes) -> None:
         super().__init__(settings, procs)
@@ -50,7 +55,8 @@ class Mawex(AsyncSystem):
         self.in_flight = int(opts.get("mawex_in_flight", 256))
         self.concurrency = max(1, int(opts.get("mawex_concurrency", 32)))
         self.journal = JournalSetup(self.mode, settings.workdir, str(opts.get("pg_url", "")))
-        self.url = ""
+        self.url = ""  # what the workers and the clients use
+        self.probe_url = ""  # the harness's own readiness checks (TCP)
         self.client: mawex.AsyncClient | None = None
 
     def config(self) -> dict[str, Any]:
@@ -62,8 +68,9 @@ class Mawex(AsyncSystem):
         }.get(self.mode, self.mode)
         busy = f", --busy-poll {self.busy_poll}" if self.busy_poll else ""
         sandbox = "--sandbox-inline" if self.inline else "local sandbox"
+        where = ", on a Unix socket" if self.unix else ""
         return {
-            "summary": f"1 master ({journal}{busy}), {n} workers x {c} pods",
+            "summary": f"1 master ({journal}{busy}{where}), {n} workers x {c} pods",
             "worker": f"{n} x mawex worker {EXECUTOR} --concurrency {c} ({sandbox})",
             "result": (
                 f"AsyncClient: {self.in_flight} submit() in flight, results() follow; "
@@ -72,6 +79,7 @@ class Mawex(AsyncSystem):
             "journal": self.mode,
             "busy_poll": self.busy_poll,
             "inline": self.inline,
+            "unix": self.unix,
             "concurrency": c,
             "in_flight": self.in_flight,
         }
@@ -79,9 +87,14 @@ class Mawex(AsyncSystem):
     def start(self) -> None:
         self.journal.create()
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = self.probe_url = f"http://127.0.0.1:{port}"
+        listen = f"127.0.0.1:{port}"
+        if self.unix:
+            sock = self.settings.workdir / f"{self.name}.sock"
+            listen += f",unix:{sock}"
+            self.url = f"unix:{sock}"
         argv = [sys.executable, "-m", "mawex", "master", "--journal", self.journal.url]
-        argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json"]
+        argv += ["--listen", listen, "--log-format", "json"]
         argv += ["--log-level", self.settings.log_level]
         if self.busy_poll:
             argv += ["--busy-poll", str(self.busy_poll)]
@@ -91,7 +104,7 @@ class Mawex(AsyncSystem):
             if not master.alive():
                 raise RuntimeError(f"the master exited:\n{master.tail()}")
             try:
-                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+                return httpx.get(f"{self.probe_url}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -110,7 +123,7 @@ class Mawex(AsyncSystem):
 
         def connected() -> bool:
             self.check_alive()
-            state = httpx.get(f"{self.url}/v1/state", timeout=5).json()
+            state = httpx.get(f"{self.probe_url}/v1/state", timeout=5).json()
             return sum(w["status"] != "disconnected" for w in state["workers"]) >= expected
 
         wait_until(connected, READY_TIMEOUT, f"{expected} mawex workers connected")
@@ -219,3 +232,19 @@ class MawexNormalBusyInline(MawexNormalBusy):
 class MawexPostgres(Mawex):
     name = "mawex-pg"
     journal_mode = "postgresql"
+
+
+class MawexUnix(Mawex):
+    name = "mawex-unix"
+    journal_mode = "sqlite"
+    unix = True
+
+
+class MawexBusyInlineUnix(MawexBusyInline):
+    name = "mawex-busy-inline-unix"
+    unix = True
+
+
+class MawexNormalBusyInlineUnix(MawexNormalBusyInline):
+    name = "mawex-normal-busy-inline-unix"
+    unix = True
