@@ -46,9 +46,10 @@ class ListenAddress:
         return self.path is not None
 
     def url(self, *, tls: bool = False) -> str:
-        """The URL clients and workers use to reach this address."""
+        """The URL clients and workers use to reach this address (a relative socket path
+        made absolute: others do not share this process's working directory)."""
         if self.path is not None:
-            return unix_url(self.path)
+            return unix_url(os.path.abspath(self.path))
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if tls else 'http'}://{host}:{self.port}"
 

@@ -63,6 +63,9 @@ def test_listen_address_urls() -> None:
     unix = ListenAddress(path="/tmp/m s.sock")
     assert unix.url() == "http+unix://%2Ftmp%2Fm%20s.sock"
     assert str(unix) == "unix:/tmp/m s.sock"
+    relative = ListenAddress(path="m.sock")
+    assert socket_path(relative.url()) == os.path.join(os.getcwd(), "m.sock")
+    assert str(relative) == "unix:m.sock"
 
 
 @pytest.mark.parametrize(
