@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 import mawex
 from mawex.cluster import LocalCluster, Proc, free_port
@@ -65,6 +66,12 @@ def test_a_cluster_on_unix_sockets_fails_over(cluster: LocalCluster, sock_dir: P
     status = _mawex("status", "--master", masters, "--json", cwd=sock_dir)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["leader"] is True
+
+    async def on_uvloop() -> object:
+        async with mawex.AsyncClient(masters, timeout=30) as client:
+            return await client.run("g", "async", timeout=30)
+
+    assert uvloop.run(on_uvloop()) == "async"
 
     with mawex.Client(masters, timeout=30, failover_timeout=30) as client:
         assert client.run("g", "before", timeout=30) == "before"
