@@ -16,6 +16,7 @@ and puts in its ``not_leader`` hints, and :attr:`mawex.Client.masters` lists.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -147,20 +148,20 @@ class UnixListener:
     """A listening, non-blocking Unix socket at ``path``, and its file.
 
     A socket file left by a master that is gone (nothing accepts on it) is replaced;
-    a socket another process listens on, or any other kind of file, is left alone
-    and refused with :class:`ConfigError`. The file gets the process's umask: the
-    directory's and the file's permissions decide who may connect.
+    a socket another process listens on, or any other kind of file, is left alone.
+    What the system refuses raises :class:`OSError` naming the path. The file gets
+    the process's umask: the directory's and the file's permissions decide who may
+    connect.
     """
 
     def __init__(self, path: str, backlog: int) -> None:
         check_socket_path(path)
+        where = f"unix:{path}"
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise ConfigError(
-                    f"cannot listen on unix:{path}: a file that is not a socket is there"
-                )
+                raise cannot_listen(where, errno.EEXIST, "a file that is not a socket is there")
             if _accepting(path):
-                raise ConfigError(f"cannot listen on unix:{path}: another process listens there")
+                raise cannot_listen(where, errno.EADDRINUSE, "another process listens there")
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -170,7 +171,7 @@ class UnixListener:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from None
+            raise cannot_listen(where, exc.errno, exc.strerror) from None
         self.path = path
         self.socket = sock
 
@@ -182,6 +183,11 @@ class UnixListener:
                 os.unlink(self.path)
 
 
+def cannot_listen(where: str, code: int | None, reason: str | None) -> OSError:
+    """The error for an address the system will not let a master listen on."""
+    return OSError(code or 0, f"cannot listen on {where}: {reason or 'refused'}")
+
+
 def _accepting(path: str) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
@@ -190,7 +196,7 @@ def _accepting(path: str) -> bool:
     except (ConnectionRefusedError, FileNotFoundError):
         return False
     except OSError as exc:
-        raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from None
+        raise cannot_listen(f"unix:{path}", exc.errno, exc.strerror) from None
     finally:
         probe.close()
     return True
@@ -201,6 +207,7 @@ __all__ = [
     "UNIX_SCHEME",
     "ListenAddress",
     "UnixListener",
+    "cannot_listen",
     "check_socket_path",
     "display_url",
     "master_url",

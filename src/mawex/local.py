@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from mawex.addresses import UnixListener, master_url, parse_listen
+from mawex.addresses import UnixListener, cannot_listen, master_url, parse_listen
 from mawex.core.decide import Limits
 from mawex.errors import ConfigError
 from mawex.journal import open_journal
@@ -115,6 +115,18 @@ class LocalMaster:
         if self._engine is None:
             raise RuntimeError("LocalMaster is not started")
         return self._engine
+
+    @property
+    def host(self) -> str | None:
+        """The host of the first TCP address it listens on (None without one)."""
+        tcp = next((a for a in self.addresses if not a.is_unix), None)
+        return None if tcp is None else tcp.host
+
+    @property
+    def port(self) -> int | None:
+        """The port of the first TCP address (the one picked, once started, for port 0)."""
+        tcp = next((a for a in self.addresses if not a.is_unix), None)
+        return None if tcp is None else tcp.port
 
     @property
     def url(self) -> str:
@@ -219,7 +231,7 @@ class LocalMaster:
             try:
                 sock.bind((address.host, address.port))
             except OSError as exc:
-                raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+                raise cannot_listen(str(address), exc.errno, exc.strerror) from None
             sock.listen(BACKLOG)
             sock.setblocking(False)
             self.addresses[i] = dataclasses.replace(address, port=sock.getsockname()[1])

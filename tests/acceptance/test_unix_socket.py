@@ -96,8 +96,8 @@ def test_a_socket_in_use_and_tls_on_a_socket_are_refused(
     _master(cluster, "m", sock)
     taken = _mawex("master", "--journal", "sqlite:///other.db", "--listen", f"unix:{sock}",
                    cwd=sock_dir)  # fmt: skip
-    assert taken.returncode == 2
-    assert "another process listens there" in taken.stderr
+    assert taken.returncode == 1  # as for a port in use: the environment said no
+    assert taken.stderr.strip().splitlines()[-1].endswith("another process listens there")
     assert sock.exists()  # the running master keeps its socket
     with_tls = _mawex(
         "master", "--listen", f"unix:{sock_dir / 't.sock'}", "--tls-cert", "c.pem",

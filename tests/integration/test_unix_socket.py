@@ -49,6 +49,7 @@ async def test_workers_and_both_clients_over_a_unix_socket(
     path = sock_dir / "m.sock"
     assert master.url == f"http+unix://{str(path).replace('/', '%2F')}"
     assert [str(a) for a in master.addresses] == [f"unix:{path}"]
+    assert (master.host, master.port) == (None, None)
     pool = await _workers(f"unix:{path}", "g", "p")
     try:
         async with mawex.AsyncClient(f"unix:{path}", token="s3cret") as client:
@@ -80,6 +81,7 @@ async def test_a_master_on_tcp_and_a_unix_socket_at_once(sock_dir: Path) -> None
     async with LocalMaster(journal, listen=f"127.0.0.1:0,unix:{path}") as local:
         tcp, unix = local.addresses
         assert tcp.port != 0 and local.url == f"http://127.0.0.1:{tcp.port}"
+        assert (local.host, local.port) == ("127.0.0.1", tcp.port)
         pool = await _workers(local.url, "g", "p")  # the worker on TCP
         try:
             async with mawex.AsyncClient(f"unix:{unix.path}") as client:  # the client not

@@ -202,7 +202,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         'no "group" and no --group default',
     )
     one_error_line(run("master", "--journal", "ftp://x/y"), 2, "mawex: error:", "ftp")
-    one_error_line(run("master", "--listen", "nowhere"), 2, "--listen must be HOST:PORT")
+    one_error_line(run("master", "--listen", "nowhere"), 2, "--listen takes HOST:PORT or unix:PATH")
     one_error_line(run("master", "--busy-poll", "2"), 2, "'--busy-poll'", "0<=x<=1")
 
 
