@@ -8,6 +8,7 @@
   ``redis_namespace`` is a unique namespace prefix per test; every key under
   ``mawex:{<prefix>`` is deleted afterwards, so a test must use namespaces
   starting with it.
+- ``sock_dir``: a short temporary directory for Unix sockets.
 
 An unreachable service skips its tests, or fails them when
 ``MAWEX_REQUIRE_SERVICES=1`` (CI sets it, so a broken service never passes as a skip).
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -177,3 +181,11 @@ async def redis_namespace(redis_url: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory for sockets (a socket's path may not exceed 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="mx-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

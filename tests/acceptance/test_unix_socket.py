@@ -4,29 +4,17 @@ a killed leader is taken over, and a restarted master replaces its stale socket 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import uvloop
 
 import mawex
 from mawex.cluster import LocalCluster, Proc, free_port
 from tests.acceptance.support import ECHO, start_worker, state, wait_pod_workers
 from tests.polling import wait_until
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short directory for sockets (a socket's path may not exceed 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="mx-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _mawex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,14 +16,6 @@ from mawex.local import LocalMaster
 from mawex.worker.runner import WorkerPool, build_workers
 
 ECHO = "mawex.examples.demo:echo"
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short directory for sockets (a socket's path may not exceed 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="mx-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
