@@ -29,9 +29,10 @@ def _mawex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _master(cluster: LocalCluster, name: str, sock: Path, port: int = 0) -> Proc:
-    """A master on TCP (for the test's own probes) and on the Unix socket ``sock``."""
+    """A master on the Unix socket ``sock`` (first: what it advertises) and on TCP (for
+    the test's own probes)."""
     port = port or free_port()
-    listen = f"127.0.0.1:{port},unix:{sock}"
+    listen = f"unix:{sock},127.0.0.1:{port}"
     return cluster.start_master(name, "--listen", listen, "--lease-ttl", "1", port=port)
 
 
@@ -54,6 +55,9 @@ def test_a_cluster_on_unix_sockets_fails_over(cluster: LocalCluster, sock_dir: P
     status = _mawex("status", "--master", masters, "--json", cwd=sock_dir)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["leader"] is True
+    table = _mawex("status", "--master", masters, cwd=sock_dir)
+    assert table.returncode == 0, table.stderr
+    assert f"master unix:{a_sock} " in table.stdout  # as written, not percent-encoded
 
     async def on_uvloop() -> object:
         async with mawex.AsyncClient(masters, timeout=30) as client:

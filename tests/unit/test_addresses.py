@@ -12,6 +12,7 @@ from mawex.addresses import (
     MAX_SOCKET_PATH_BYTES,
     ListenAddress,
     UnixListener,
+    display_url,
     master_url,
     parse_listen,
     socket_path,
@@ -95,6 +96,12 @@ def test_master_url(given: str, url: str) -> None:
 def test_master_url_refuses(given: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         master_url(given)
+
+
+def test_display_url() -> None:
+    assert display_url(unix_url("/tmp/a b.sock")) == "unix:/tmp/a b.sock"
+    assert display_url("http://m1:80") == "http://m1:80"
+    assert display_url("unknown") == "unknown"
 
 
 def test_socket_path() -> None:
