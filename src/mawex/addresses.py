@@ -30,6 +30,8 @@ from mawex.errors import ConfigError
 UNIX_PREFIX: Final = "unix:"
 #: The scheme of a master URL for a Unix socket (HTTP over it).
 UNIX_SCHEME: Final = "http+unix"
+#: The scheme of a worker channel URL on a Unix socket (a WebSocket over it).
+WS_UNIX_SCHEME: Final = "ws+unix"
 #: The longest socket path Linux takes (``sun_path`` is 108 bytes with its NUL).
 MAX_SOCKET_PATH_BYTES: Final = 107
 
@@ -51,8 +53,7 @@ class ListenAddress:
         made absolute: others do not share this process's working directory)."""
         if self.path is not None:
             return unix_url(os.path.abspath(self.path))
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if tls else 'http'}://{host}:{self.port}"
+        return f"{'https' if tls else 'http'}://{self}"
 
     def __str__(self) -> str:
         if self.path is not None:
@@ -133,7 +134,7 @@ def master_url(text: str) -> str:
 def socket_path(url: str) -> str | None:
     """The socket path of a ``http+unix://`` (or ``ws+unix://``) URL; None for others."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in (UNIX_SCHEME, "ws+unix"):
+    if not sep or scheme not in (UNIX_SCHEME, WS_UNIX_SCHEME):
         return None
     return unquote(rest.partition("/")[0])
 
@@ -205,6 +206,7 @@ def _accepting(path: str) -> bool:
 __all__ = [
     "UNIX_PREFIX",
     "UNIX_SCHEME",
+    "WS_UNIX_SCHEME",
     "ListenAddress",
     "UnixListener",
     "cannot_listen",

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from mawex.addresses import UnixListener, cannot_listen, master_url, parse_listen
+from mawex.addresses import (
+    ListenAddress,
+    UnixListener,
+    cannot_listen,
+    master_url,
+    parse_listen,
+)
 from mawex.core.decide import Limits
 from mawex.errors import ConfigError
 from mawex.journal import open_journal
@@ -107,7 +113,7 @@ class LocalMaster:
         self._engine: Engine | None = None
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
-        self._sockets: list[socket.socket] = []
+        self._tcp_sockets: list[socket.socket] = []
         self._unix_listeners: list[UnixListener] = []
 
     @property
@@ -119,14 +125,17 @@ class LocalMaster:
     @property
     def host(self) -> str | None:
         """The host of the first TCP address it listens on (None without one)."""
-        tcp = next((a for a in self.addresses if not a.is_unix), None)
+        tcp = self._first_tcp()
         return None if tcp is None else tcp.host
 
     @property
     def port(self) -> int | None:
         """The port of the first TCP address (the one picked, once started, for port 0)."""
-        tcp = next((a for a in self.addresses if not a.is_unix), None)
+        tcp = self._first_tcp()
         return None if tcp is None else tcp.port
+
+    def _first_tcp(self) -> ListenAddress | None:
+        return next((a for a in self.addresses if not a.is_unix), None)
 
     @property
     def url(self) -> str:
@@ -189,7 +198,8 @@ class LocalMaster:
         )
         server = _QuietServer(config)
         self._server = server
-        self._serve_task = asyncio.create_task(server.serve(sockets=self._sockets))
+        sockets = [*self._tcp_sockets, *(listener.socket for listener in self._unix_listeners)]
+        self._serve_task = asyncio.create_task(server.serve(sockets=sockets))
         while not server.started:
             if self._serve_task.done():
                 await self._serve_task
@@ -221,12 +231,10 @@ class LocalMaster:
     def _bind(self) -> None:
         for i, address in enumerate(self.addresses):
             if address.path is not None:
-                listener = UnixListener(address.path, BACKLOG)
-                self._unix_listeners.append(listener)
-                self._sockets.append(listener.socket)
+                self._unix_listeners.append(UnixListener(address.path, BACKLOG))
                 continue
             sock = socket.socket(socket.AF_INET6 if ":" in address.host else socket.AF_INET)
-            self._sockets.append(sock)
+            self._tcp_sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((address.host, address.port))
@@ -239,10 +247,10 @@ class LocalMaster:
     def _close_sockets(self) -> None:
         for listener in self._unix_listeners:
             listener.close()
-        for sock in self._sockets:
+        for sock in self._tcp_sockets:
             sock.close()
         self._unix_listeners.clear()
-        self._sockets.clear()
+        self._tcp_sockets.clear()
 
     def __repr__(self) -> str:
         return f"LocalMaster({self.url!r}, master_id={self.master_id!r})"

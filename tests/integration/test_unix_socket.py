@@ -120,3 +120,10 @@ def test_a_client_with_its_own_transport_refuses_a_unix_socket() -> None:
 def test_tls_is_refused_on_a_unix_socket() -> None:
     with pytest.raises(ConfigError, match="TLS serves TCP addresses only"):
         LocalMaster(listen="unix:/tmp/m.sock", tls_cert="c.pem", tls_key="k.pem")
+
+
+def test_an_advertised_url_is_checked_and_kept_canonical() -> None:
+    with pytest.raises(ConfigError, match="expected http"):
+        LocalMaster(advertise="ftp://m1:1")
+    assert LocalMaster(advertise="http://m1:1/").url == "http://m1:1"
+    assert LocalMaster(advertise="unix:/run/m.sock").url == "http+unix://%2Frun%2Fm.sock"

@@ -29,7 +29,8 @@ log = logging.getLogger("mawex.master")
 @option(
     "--advertise",
     default=None,
-    help="URL others use to reach this master (default: from the first --listen address).",
+    help="URL others use to reach this master: http(s)://HOST:PORT[/PREFIX] or unix:PATH "
+    "(default: from the first --listen address).",
 )
 @option(
     "--master-id", default="default", help="Namespace of independent masters sharing a journal."

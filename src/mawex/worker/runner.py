@@ -37,7 +37,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from mawex.addresses import UNIX_PREFIX, UNIX_SCHEME, master_url, socket_path
+from mawex.addresses import UNIX_PREFIX, UNIX_SCHEME, WS_UNIX_SCHEME, master_url, socket_path
 from mawex.errors import ConfigError, Rejected
 from mawex.model import Task, check_name
 from mawex.sandbox import Outcome, Sandbox, create_sandbox
@@ -101,7 +101,7 @@ def worker_ws_url(master: str) -> str:
     """
     text = master.strip()
     if text.startswith((UNIX_PREFIX, f"{UNIX_SCHEME}://")):
-        return f"ws+unix{master_url(text)[len(UNIX_SCHEME) :]}{WORKER_PATH}"
+        return f"{WS_UNIX_SCHEME}{master_url(text)[len(UNIX_SCHEME) :]}{WORKER_PATH}"
     if "://" not in text:
         text = f"http://{text}"
     parts = urlsplit(text)
