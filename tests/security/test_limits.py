@@ -351,6 +351,34 @@ def test_flooding_worker_is_slowed_and_others_are_served() -> None:
         assert worst < 3.0, f"a round trip took {worst:.2f}s during the flood"
 
 
+def test_frames_arriving_one_at_a_time_wait_for_their_tokens_too() -> None:
+    """Frames each in a read of their own (read straight from the connection, not
+    through the app's queue) are held to the rate as well: the master reads the last
+    no sooner than the rate allows."""
+    rate, burst, heartbeats = 50.0, 5.0, 30
+    net = NetLimits(worker_rate=rate, worker_burst=burst)
+    with ThreadMaster(net_limits=net) as running:
+        with connect(ws_url(running.url), compression=None, close_timeout=1) as ws:
+            ws.send(hello("paced", group="paced", pod="pp"))
+            ws.recv(timeout=10)  # the welcome
+            httpx.post(running.url + "/v1/tasks", json={"id": "t", "group": "paced"}, timeout=10)
+            assign = json.loads(ws.recv(timeout=10))
+            assert assign["type"] == "assign"
+            started = time.monotonic()
+            for _ in range(heartbeats):
+                ws.send('{"type":"heartbeat"}')
+                time.sleep(0.002)  # a read each
+            finished = {"type": "finished", "group": "paced", "id": "t",
+                        "attempt": assign["attempt"], "ok": True, "result": 1}  # fmt: skip
+            ws.send(json.dumps(finished))
+            task = httpx.get(running.url + "/v1/tasks/paced/t?wait=30", timeout=40).json()
+            elapsed = time.monotonic() - started
+    assert task["status"] == "completed"
+    # 31 frames with 5 tokens saved up (a few more refilled before the first): at 50 a
+    # second, the last is read 0.45 s or more after the first; unthrottled, in ~0.07 s
+    assert elapsed >= 0.4, elapsed
+
+
 def test_unthrottled_rate_is_much_higher_for_comparison() -> None:
     """The bound above means something: without a rate the same sender gets far more out."""
     net = NetLimits(worker_rate=0)

@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from .conftest import ThreadMaster, hello, ws_url
@@ -78,3 +80,26 @@ def test_a_worker_may_frame_its_messages_any_way_websocket_allows(master: Thread
         ws.send(json.dumps(finished).encode())  # binary
         done = httpx.get(f"{master.url}/v1/tasks/frames/f1", params={"wait": 10}, timeout=20)
     assert done.json()["status"] == "completed" and done.json()["result"] == "framed"
+
+
+def test_a_bye_ends_the_session_and_a_second_hello_is_refused(master: ThreadMaster) -> None:
+    """Each sent alone after check-in, as a worker sends them: the master still ends
+    the session on a bye, and answers a second hello with an error and a close."""
+    with connect(ws_url(master.url)) as ws:
+        ws.send(hello("bye-w", group="bye", version=2))
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        httpx.get(master.url + "/v1/state", timeout=10)  # the session reads on by now
+        ws.send('{"type":"bye"}')
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    with connect(ws_url(master.url)) as ws:
+        ws.send(hello("twice-w", group="bye", version=2))
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        httpx.get(master.url + "/v1/state", timeout=10)
+        ws.send(hello("twice-w", group="bye", version=2))
+        error = json.loads(ws.recv(timeout=10))
+        assert (error["type"], error["error"]) == ("error", "invalid")
+        assert "hello sent twice" in error["detail"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 1008

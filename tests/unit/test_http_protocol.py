@@ -14,36 +14,9 @@ from uvicorn.server import ServerState
 from mawex.server.http_protocol import guarded_http_protocol
 from mawex.server.limits import NetLimits
 
+from .recording_transport import RecordingTransport
+
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-
-
-class RecordingTransport(asyncio.Transport):
-    """Keeps every ``write`` as it was made."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
-            name, default
-        )
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def _protocol(app: App) -> Any:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from mawex.wire.ws_frames import lone_text_frame
+from mawex.wire.ws_frames import lone_text_frame, server_text_frame
 
 from .ws_frame_bytes import frame
 
@@ -71,3 +72,16 @@ def test_only_between_frames_of_an_open_connection(side: str, masked: bool) -> N
         assert lone_text_frame(data, other) is None
     unlimited = open_protocol(side, max_size=None)
     assert lone_text_frame(frame(0x1, b"u" * 5000, masked=masked), unlimited) == b"u" * 5000
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 70_000])
+def test_a_server_text_frame_is_what_websockets_writes_and_reads(size: int) -> None:
+    payload = ("é" * size).encode()[:size]
+    payload = payload.decode(errors="ignore").encode()  # whole characters only
+    data = server_text_frame(payload)
+    assert data == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    client = open_protocol("client", max_size=None)
+    client.receive_data(data)
+    [received] = client.events_received()
+    assert isinstance(received, Frame)
+    assert (received.opcode, received.fin, received.data) == (Opcode.TEXT, True, payload)

@@ -201,6 +201,10 @@ class TokenBucket:
         self.tokens = self.burst
         self.stamp = time.monotonic() if now is None else now
 
+    def available(self, now: float) -> bool:
+        """Whether a token is saved up at ``now`` (nothing is taken)."""
+        return min(self.burst, self.tokens + (now - self.stamp) * self.rate) >= 1.0
+
     def take(self, now: float) -> float:
         """Take one token; the seconds to wait before using it (0 when one was saved up)."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)

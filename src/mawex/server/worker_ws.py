@@ -22,6 +22,7 @@ from mawex.errors import MawexError, NotLeader, Rejected, TooLarge
 from mawex.master.engine import Engine
 from mawex.model import check_name
 from mawex.server.limits import NetLimits, TokenBucket
+from mawex.server.ws_protocol import DIRECT, LeanWebSocketsProtocol
 from mawex.wire import worker as wire
 from mawex.wire.api import MAX_ERROR_CHARS, ApiLimits
 
@@ -37,7 +38,13 @@ class SessionState(enum.Enum):
 
 
 class WorkerSession:
-    """Outgoing frames go through a queue drained by one writer task."""
+    """Outgoing frames go out at the end of the event loop's pass that queued them.
+
+    On a connection that offers direct writes (:data:`~mawex.server.ws_protocol.DIRECT`),
+    a checked-in session with nothing queued writes them to the socket itself, all the
+    frames of one pass in one write; otherwise, and whenever the socket cannot take
+    them at once, they go through a queue drained by one writer task, in order.
+    """
 
     def __init__(self, websocket: WebSocket, *, batch: bool = False) -> None:
         self.websocket = websocket
@@ -46,22 +53,56 @@ class WorkerSession:
         self.state = SessionState.CONNECTING
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._close: tuple[int, str] | None = None
+        self.direct: LeanWebSocketsProtocol | None = websocket.scope.get("extensions", {}).get(
+            DIRECT
+        )
+        #: Frames for the write at the end of this pass of the loop (direct writes only).
+        self._pending: list[bytes] = []
+        self._writer_idle = False
         self._writer = asyncio.create_task(self._write())
 
     def send(self, frame: bytes) -> None:
-        if self.state is not SessionState.CLOSED:
+        if self.state is SessionState.CLOSED:
+            return
+        if self._pending:
+            self._pending.append(frame)
+        elif (
+            self.direct is not None
+            and self.state is SessionState.CHECKED_IN
+            and self._writer_idle
+            and self._queue.empty()
+        ):
+            self._pending.append(frame)
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
             self._queue.put_nowait(frame)
+
+    def _flush(self) -> None:
+        frames, self._pending = self._pending, []
+        if not frames:  # closed meanwhile: close() queued them ahead of the close
+            return
+        if self.batch and len(frames) > 1:
+            frames = [wire.join_frames(frames)]
+        assert self.direct is not None
+        if not self.direct.write_texts(frames):  # the writer waits until it can
+            for frame in frames:
+                self._queue.put_nowait(frame)
 
     def close(self, code: int, reason: str) -> None:
         if self.state is not SessionState.CLOSED:
             self._close = (code, reason)
+            pending, self._pending = self._pending, []
+            for frame in pending:
+                self._queue.put_nowait(frame)
             self._queue.put_nowait(None)
 
     async def _write(self) -> None:
         welcomed = False  # the welcome always goes alone: the worker reads it by itself
         try:
             while True:
+                self._writer_idle = True
                 frame = await self._queue.get()
+                self._writer_idle = False
                 if frame is not None and self.batch and welcomed and not self._queue.empty():
                     frame = self._gather(frame)
                 if frame is None:
@@ -170,53 +211,112 @@ async def worker_channel(websocket: WebSocket) -> None:
         return
     except (WebSocketDisconnect, RuntimeError, OSError):
         return
-    session = WorkerSession(websocket, batch=hello.version >= wire.BATCH_VERSION)
-    bucket = TokenBucket(net.worker_rate, net.worker_burst) if net.worker_rate > 0 else None
-    loop = asyncio.get_running_loop()
-    throttled = 0
-    try:
-        await engine.worker_hello(hello, session)
-        session.state = SessionState.CHECKED_IN
-        while session.state is SessionState.CHECKED_IN:
-            if bucket is not None:
-                delay = bucket.take(loop.time())
-                if delay > 0:  # over its rate: read it no faster than that
-                    throttled += 1
-                    await asyncio.sleep(delay)
-            message = await _receive(websocket, max_frame)
-            if message is None:
-                break
-            if isinstance(message, wire.Hello):
-                raise Rejected("hello sent twice")
-            if isinstance(message, wire.Finished):
-                message = bound_finished(message, limits)
-            engine.worker_message(hello.worker, session, message)
-            if isinstance(message, wire.Bye):
-                break
-    except MawexError as exc:
-        session.send(
-            wire.encode(
-                wire.Error(
-                    error=exc.code,
-                    detail=exc.detail,
-                    leader=exc.leader if isinstance(exc, NotLeader) else None,
+    await _CheckedIn(websocket, engine, hello, limits, net).serve()
+
+
+class _CheckedIn:
+    """A worker's session after its hello: its frames read, one at a time, in order.
+
+    Frames come through the app's ``receive``, or straight from the connection
+    (:meth:`read_direct`) when none waits in its queue; both hand each frame to
+    :meth:`handle`. A frame :meth:`serve` received stays in that queue until
+    :meth:`serve` runs again, and is then handled in the same step: one read
+    directly never overtakes it.
+    """
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        engine: Engine,
+        hello: wire.Hello,
+        limits: ApiLimits,
+        net: NetLimits,
+    ) -> None:
+        self.websocket = websocket
+        self.engine = engine
+        self.hello = hello
+        self.limits = limits
+        self.net = net
+        self.session = WorkerSession(websocket, batch=hello.version >= wire.BATCH_VERSION)
+        self.bucket = (
+            TokenBucket(net.worker_rate, net.worker_burst) if net.worker_rate > 0 else None
+        )
+        self.loop = asyncio.get_running_loop()
+        self.throttled = 0
+
+    def handle(self, message: wire.WorkerMessage) -> bool:
+        """Pass a frame on to the engine; False once the session is over."""
+        if isinstance(message, wire.Hello):
+            raise Rejected("hello sent twice")
+        if isinstance(message, wire.Finished):
+            message = bound_finished(message, self.limits)
+        self.engine.worker_message(self.hello.worker, self.session, message)
+        return not isinstance(message, wire.Bye)
+
+    def read_direct(self, text: bytes) -> bool:
+        """:meth:`handle` a frame the connection read, unless it ends the session, is
+        not valid, or the token of the frame after it is not there yet: then it goes
+        to :meth:`serve`'s ``receive``, which answers it as ever. Whether it did."""
+        if self.session.state is not SessionState.CHECKED_IN:
+            return False
+        now = self.loop.time()
+        bucket = self.bucket
+        if bucket is not None and not bucket.available(now):
+            return False
+        try:
+            message = wire.decode_worker_message(text)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False
+        if isinstance(message, wire.Hello | wire.Bye):
+            return False
+        self.handle(message)
+        if bucket is not None:
+            bucket.take(now)  # the next frame's: serve() takes one before each read
+        return True
+
+    async def serve(self) -> None:
+        session, engine, hello, bucket = self.session, self.engine, self.hello, self.bucket
+        direct = session.direct
+        try:
+            await engine.worker_hello(hello, session)
+            session.state = SessionState.CHECKED_IN
+            if direct is not None:
+                direct.on_text = self.read_direct
+            while session.state is SessionState.CHECKED_IN:
+                if bucket is not None:
+                    delay = bucket.take(self.loop.time())
+                    if delay > 0:  # over its rate: read it no faster than that
+                        self.throttled += 1
+                        await asyncio.sleep(delay)
+                message = await _receive(self.websocket, self.limits.max_frame_bytes)
+                if message is None or not self.handle(message):
+                    break
+        except MawexError as exc:
+            session.send(
+                wire.encode(
+                    wire.Error(
+                        error=exc.code,
+                        detail=exc.detail,
+                        leader=exc.leader if isinstance(exc, NotLeader) else None,
+                    )
                 )
             )
-        )
-        session.close(1008, exc.code)
-        await asyncio.sleep(0)
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        pass
-    finally:
-        engine.worker_disconnected(hello.worker, session)
-        await session.finish()
-        if throttled:
-            log.warning(
-                "worker sent frames faster than its rate and was slowed down",
-                extra={
-                    "action": "worker_throttled",
-                    "worker": hello.worker,
-                    "frames": throttled,
-                    "rate": net.worker_rate,
-                },
-            )
+            session.close(1008, exc.code)
+            await asyncio.sleep(0)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            if direct is not None:
+                direct.on_text = None
+            engine.worker_disconnected(hello.worker, session)
+            await session.finish()
+            if self.throttled:
+                log.warning(
+                    "worker sent frames faster than its rate and was slowed down",
+                    extra={
+                        "action": "worker_throttled",
+                        "worker": hello.worker,
+                        "frames": self.throttled,
+                        "rate": self.net.worker_rate,
+                    },
+                )

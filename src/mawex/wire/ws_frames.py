@@ -65,3 +65,16 @@ def lone_text_frame(data: bytes, protocol: Protocol) -> bytes | None:
     except UnicodeDecodeError:
         return None
     return payload
+
+
+def server_text_frame(payload: bytes) -> bytes:
+    """``payload`` (UTF-8 text) as one final, unmasked text frame: what a server sends
+    (RFC 6455, 5.2), in the form websockets writes it."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((_FINAL_TEXT, size))
+    elif size < 1 << 16:
+        head = bytes((_FINAL_TEXT, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((_FINAL_TEXT, 127)) + size.to_bytes(8, "big")
+    return head + payload
