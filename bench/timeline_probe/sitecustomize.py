@@ -37,11 +37,19 @@ PROBES = (
     ("mawex.journal.sqlite:SQLiteJournal.append", "master.append", "master.append_done"),
     ("mawex.journal.postgresql:PostgreSQLJournal.append", "master.append", "master.append_done"),
     ("mawex.server.ws_protocol:LeanWebSocketsProtocol.data_received", "master.ws_read", ""),
+    # a worker's frames through ASGI, and (since 967ee2a) directly: one or the other
     (f"{_WS}:WebSocketsSansIOProtocol.send", "master.ws_write", "master.ws_written"),
+    (
+        "mawex.server.ws_protocol:LeanWebSocketsProtocol.write_texts",
+        "master.ws_write",
+        "master.ws_written",
+    ),
     ("starlette.websockets:WebSocket.receive", "", "master.ws_message"),
+    ("mawex.server.worker_ws:_CheckedIn.read_direct", "master.ws_message", ""),
     (f"{_HTTP}:RequestResponseCycle.send", "master.http_write", "master.http_written"),
     ("mawex.worker.connection:WorkerConnection.data_received", "worker.ws_read", ""),
     ("mawex.worker.runner:Worker._dispatch_frame", "worker.frame", ""),
+    ("mawex.worker.runner:Worker._read_direct", "worker.frame", ""),
     ("mawex.worker.runner:Worker._execute", "worker.execute", ""),
     ("mawex.sandbox.local:_ExecutorThread.submit", "worker.to_thread", ""),
     ("mawex.sandbox.local:_settle", "worker.executor_done", ""),
@@ -91,8 +99,9 @@ def _install() -> None:
             continue
         *classes, function = path.split(".")
         for name in classes:
-            owner = getattr(owner, name)
-        if hasattr(owner, function):  # an older checkout (``roundtrip.py --src``) may lack it
+            owner = getattr(owner, name, None)
+        # an older checkout (``roundtrip.py --src``) may lack it
+        if owner is not None and hasattr(owner, function):
             _wrap(owner, function, before, after)
 
 

@@ -13,7 +13,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -574,3 +574,79 @@ async def test_an_array_frame_is_handled_message_by_message(master: FakeMaster) 
         conn = await master.accept()
         assert (await conn.check_in()).running is None
         await conn.silence(0.3)
+
+
+async def test_each_assignment_alone_in_its_read_is_handled_as_ever(master: FakeMaster) -> None:
+    """Frames read while the worker waits for one are handled as they arrive (without
+    waking its session's loop) when they only start an attempt or ack results;
+    everything else still gets its answer: a repeat is ignored, a busy worker or
+    another group's task refused, an unacked result repeated, two assignments in
+    one frame taken one by one."""
+    worker = make_worker(master.url, "sleep")
+    async with running(worker):
+        conn = await master.accept()
+        await conn.check_in()
+        await asyncio.wait_for(worker.connected.wait(), 5)  # waiting for frames now
+        other = Assign(group="other", id="o1", attempt=1, payload=msgspec.Raw(b"{}"))
+        await send_apart(conn, other)
+        refused = await conn.recv()
+        assert isinstance(refused, Finished) and not refused.ok and refused.id == "o1"
+        assert refused.error is not None and "serves group g, not other" in refused.error
+
+        await send_apart(conn, assign("t1", {"seconds": 0.3}))
+        await wait_for_state(lambda: worker.running == ref("t1"))
+        await send_apart(conn, assign("t1", {"seconds": 0.3}))  # a repeat: ignored
+        await send_apart(conn, assign("t2", {"seconds": 0.3}))  # refused: busy
+        refused = await conn.recv()
+        assert isinstance(refused, Finished) and (refused.id, refused.ok) == ("t2", False)
+        assert refused.error is not None and "is busy with g/t1#1" in refused.error
+        done = await conn.recv()
+        assert isinstance(done, Finished) and (done.id, done.ok) == ("t1", True)
+
+        await wait_for_state(lambda: worker.running is None)
+        # t1 is not acked: its result again, at once (a second run would take 5 s)
+        await send_apart(conn, assign("t1", {"seconds": 5}))
+        assert await conn.recv(timeout=2) == done
+        await send_apart(conn, ack("t1"))
+        await send_apart(conn, ack("t2"))
+
+        both = [encode(assign("t3", {"seconds": 0.1})), encode(assign("t4", {"seconds": 0.1}))]
+        await conn.ws.send(join_frames(both).decode())
+        refused, done = await conn.recv(), await conn.recv()
+        assert isinstance(refused, Finished) and (refused.id, refused.ok) == ("t4", False)
+        assert refused.error is not None and "is busy with g/t3#1" in refused.error
+        assert isinstance(done, Finished) and (done.id, done.ok) == ("t3", True)
+
+
+async def test_a_pod_whose_timed_out_code_still_runs_repeats_its_result(
+    master: FakeMaster,
+) -> None:
+    """An assignment of the attempt whose code still runs, alone in its read, gets
+    that attempt's result again, not a second run."""
+    worker = make_worker(master.url, "sleep_sync", task_timeout=0.1)
+    async with running(worker):
+        conn = await master.accept()
+        await conn.check_in()
+        await asyncio.wait_for(worker.connected.wait(), 5)
+        await send_apart(conn, assign("t1", {"seconds": 0.8}))
+        finished = await conn.recv()
+        assert isinstance(finished, Finished) and finished.busy
+        await send_apart(conn, ack("t1"))
+        await wait_for_state(lambda: worker.running is None)
+        await send_apart(conn, assign("t1", {"seconds": 0.01}))  # a run would succeed
+        assert await conn.recv() == finished
+        assert await conn.recv() == Free(group="g", id="t1", attempt=1)
+
+
+async def send_apart(conn: Conn, message: MasterMessage) -> None:
+    """Send ``message`` and let the worker read it before anything else: most likely
+    a read of its own, the case the worker handles without waking its loop."""
+    await conn.send(message)
+    await asyncio.sleep(0.02)
+
+
+async def wait_for_state(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Until ``condition()`` holds (the worker runs in this event loop)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)

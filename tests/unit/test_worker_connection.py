@@ -157,3 +157,27 @@ async def test_a_bad_frame_ends_as_with_websockets_own(
 ) -> None:
     assert await _outcome(ClientConnection, data) == expected
     assert await _outcome(WorkerConnection, data) == expected
+
+
+async def test_a_frame_is_offered_only_to_a_waiting_reader_and_never_overtakes() -> None:
+    """``on_text`` gets a lone frame while ``recv`` waits with nothing received before
+    it; a frame it declines, and a frame arriving while no ``recv`` waits, are received
+    as ever, in order."""
+    offered: list[bytes] = []
+    ready, sent = asyncio.Event(), asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await ready.wait()
+        await _write_apart(writer, text("taken"), text("declined"), text("then"))
+        sent.set()
+        await _until_closed(reader, writer)
+
+    async with serving(script) as url:
+        async with connect(url, create_connection=WorkerConnection) as ws:
+            assert isinstance(ws, WorkerConnection)
+            ws.on_text = lambda data: offered.append(data) or data != b"declined"
+            ready.set()  # the frames come once recv() below waits
+            assert await asyncio.wait_for(ws.recv(), 10) == "declined"
+            await asyncio.wait_for(sent.wait(), 10)  # "then" came while nobody waited
+            assert await asyncio.wait_for(ws.recv(), 10) == "then"
+    assert offered == [b"taken", b"declined"]

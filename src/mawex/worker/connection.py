@@ -3,6 +3,8 @@ the master's usual frame (:func:`mawex.wire.ws_frames.lone_text_frame`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 
@@ -11,17 +13,31 @@ from mawex.wire.ws_frames import lone_text_frame
 
 class WorkerConnection(ClientConnection):
     """websockets' :class:`ClientConnection`; a read that is one lone text frame goes
-    straight to the received messages, anything else through websockets' parser."""
+    to :attr:`on_text` or straight to the received messages, anything else through
+    websockets' parser."""
+
+    #: Takes the UTF-8 text of a lone text frame and says whether it handled it; when
+    #: it did not, the frame joins the received messages as any other. Offered only
+    #: while a ``recv()`` waits with no message received before it, so a frame never
+    #: overtakes one read earlier or one still being handled.
+    on_text: Callable[[bytes], bool] | None = None
 
     def data_received(self, data: bytes) -> None:
         if not self.take_text_frame(data):
             super().data_received(data)
 
     def take_text_frame(self, data: bytes) -> bool:
-        """Add ``data``'s message to those received if it is a lone text frame (see
+        """Take ``data`` if it is a lone text frame (see
         :func:`~mawex.wire.ws_frames.lone_text_frame`); else change nothing."""
         payload = lone_text_frame(data, self.protocol)
         if payload is None:
             return False
-        self.recv_messages.put(Frame(Opcode.TEXT, payload))
+        on_text, received = self.on_text, self.recv_messages
+        if (
+            on_text is None
+            or not received.get_in_progress  # nobody waits in recv()
+            or len(received.frames)
+            or not on_text(payload)
+        ):
+            received.put(Frame(Opcode.TEXT, payload))
         return True

@@ -447,8 +447,11 @@ class Worker:
         self._welcomed(ws, welcome, url)
         heartbeat = asyncio.create_task(self._heartbeat_loop(welcome.heartbeat_s))
         watchdog = asyncio.create_task(self._liveness_loop(ws, welcome.heartbeat_s, url))
+        direct = ws if isinstance(ws, WorkerConnection) else None
         try:
             await self._resend()
+            if direct is not None:
+                direct.on_text = self._read_direct
             async for frame in ws:
                 if not await self._dispatch_frame(frame, url):
                     break
@@ -457,6 +460,8 @@ class Worker:
         else:
             self._log(logging.INFO, "session ended", "disconnected", url=url)
         finally:
+            if direct is not None:
+                direct.on_text = None
             await _cancel(heartbeat)
             await _cancel(watchdog)
         return True
@@ -560,6 +565,30 @@ class Worker:
             except ConnectionClosed:
                 return
 
+    def _read_direct(self, text: bytes) -> bool:
+        """Handle a frame the connection read while the session's loop waits for one,
+        when it holds only acks and at most one attempt to start (see
+        :meth:`_startable`): what the loop would do with it, without waking the loop.
+        Anything else is left to the loop; whether it was handled."""
+        try:
+            messages = decode_master_frame(text)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        assigns = [m for m in messages if isinstance(m, Assign)]
+        if len(assigns) > 1 or not all(isinstance(m, Assign | Ack) for m in messages):
+            return False
+        # acks change only which results are unacked: an attempt still unacked is not
+        # startable, so checking before the acks is checking after them
+        if assigns and not self._startable(assigns[0]):
+            return False
+        for message in messages:
+            if isinstance(message, Assign):
+                self._start(message)
+            else:
+                assert isinstance(message, Ack)
+                self._on_ack(message)
+        return True
+
     async def _dispatch_frame(self, frame: str | bytes, url: str) -> bool:
         """Handle every message of one frame, in order; False ends the session."""
         try:
@@ -634,9 +663,25 @@ class Worker:
             )
             await self._report(ref, Outcome.failure(refusal))
             return True
+        self._start(assign)
+        return True
+
+    def _startable(self, assign: Assign) -> bool:
+        """Whether :meth:`_on_assign` would start ``assign`` at once: a new attempt of
+        this worker's group, nothing running, no stop requested."""
+        ref = _ref(assign)
+        return (
+            not self._stop_requested.is_set()
+            and self._running is None
+            and assign.group == self.group
+            and ref not in self._unacked
+            and not (self._busy is not None and _ref(self._busy) == ref)
+        )
+
+    def _start(self, assign: Assign) -> None:
+        ref = _ref(assign)
         task = asyncio.create_task(self._execute(assign, ref), name=f"{self.id}-attempt")
         self._running = _Running(ref, task)
-        return True
 
     def _on_ack(self, ack: Ack) -> None:
         ref = _ref(ack)
