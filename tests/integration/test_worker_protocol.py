@@ -650,3 +650,18 @@ async def wait_for_state(condition: Callable[[], bool], timeout: float = 5.0) ->
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.005)
+
+
+async def test_a_frame_waits_behind_a_send_under_way(master: FakeMaster) -> None:
+    """A frame written at once never overtakes one whose ``send()`` holds the lock."""
+    worker = make_worker(master.url)
+    async with running(worker):
+        conn = await master.accept()
+        await conn.check_in()
+        await asyncio.wait_for(worker.connected.wait(), 5)
+        free = Free(group="g", id="x", attempt=1)
+        async with worker._send_lock:  # as a send() waiting for the socket to drain
+            sending = asyncio.create_task(worker._send(free))
+            await conn.silence(0.2)
+        assert await conn.recv() == free
+        assert await sending

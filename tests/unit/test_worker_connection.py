@@ -181,3 +181,26 @@ async def test_a_frame_is_offered_only_to_a_waiting_reader_and_never_overtakes()
             await asyncio.wait_for(sent.wait(), 10)  # "then" came while nobody waited
             assert await asyncio.wait_for(ws.recv(), 10) == "then"
     assert offered == [b"taken", b"declined"]
+
+
+async def test_a_text_frame_written_at_once_arrives_masked_and_whole() -> None:
+    got: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.set_result([await _read_frame(reader) for _ in range(2)])
+        await _until_closed(reader, writer)
+
+    async with serving(script) as url:
+        async with connect(url, create_connection=WorkerConnection) as ws:
+            assert isinstance(ws, WorkerConnection)
+            ws.pause_writing()  # a full write buffer: not at once
+            assert not ws.write_text(b'"held"')
+            ws.resume_writing()
+            assert ws.write_text(b'{"type":"heartbeat"}')
+            assert ws.write_text("é".encode() * 50)
+            frames = await asyncio.wait_for(got, 10)
+            ws.protocol.send_close()  # closing: no data frame may follow the close frame
+            assert not ws.write_text(b'"closing"')
+            ws.send_data()
+        assert not ws.write_text(b'"closed"')
+    assert frames == [(0x81, b'{"type":"heartbeat"}'), (0x81, "é".encode() * 50)]

@@ -11,7 +11,7 @@ from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from mawex.wire.ws_frames import lone_text_frame, server_text_frame
+from mawex.wire.ws_frames import client_text_frame, lone_text_frame, server_text_frame
 
 from .ws_frame_bytes import frame
 
@@ -85,3 +85,19 @@ def test_a_server_text_frame_is_what_websockets_writes_and_reads(size: int) -> N
     [received] = client.events_received()
     assert isinstance(received, Frame)
     assert (received.opcode, received.fin, received.data) == (Opcode.TEXT, True, payload)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536])
+def test_a_client_text_frame_is_masked_and_read_back_by_a_server(size: int) -> None:
+    payload = b"m" * size
+    first, second = client_text_frame(payload), client_text_frame(payload)
+    assert first[1] & 0x80 and second[1] & 0x80  # masked, as a client must
+    if size:
+        assert first != second  # a fresh key each time
+    server = open_protocol("server", max_size=None)
+    server.receive_data(first + second)
+    frames = server.events_received()
+    assert [(f.opcode, f.fin, f.data) for f in frames if isinstance(f, Frame)] == [
+        (Opcode.TEXT, True, payload),
+        (Opcode.TEXT, True, payload),
+    ]

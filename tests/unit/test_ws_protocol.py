@@ -209,3 +209,32 @@ def test_a_close_goes_after_the_frames_sent_before_it() -> None:
         (Opcode.TEXT, b'"last words"'),
         (Opcode.CLOSE, b"bad_frame"),
     ]
+
+
+def test_nothing_is_written_once_the_connection_is_lost() -> None:
+    async def scenario() -> list[list[Frame]]:
+        app = SessionApp(batch=False)
+        peer, session = await app.start()
+        peer.server.connection_lost(None)  # the worker went away; the app has not heard yet
+        session.send(b'"into the void"')
+        await _turns()
+        writes = peer.written()
+        app.done.set()
+        await _turns()
+        return writes
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_no_frame_is_written_directly_after_a_close_frame() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        app = SessionApp(batch=False)
+        peer, _ = await app.start()
+        before = peer.server.write_texts([b'"open"'])
+        peer.server.conn.send_close(1000)  # closing: the close frame is the last one
+        after = peer.server.write_texts([b'"closing"'])
+        app.done.set()
+        await _turns()
+        return before, after
+
+    assert asyncio.run(scenario()) == (True, False)

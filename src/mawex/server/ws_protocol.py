@@ -49,15 +49,14 @@ class LeanWebSocketsProtocol(WebSocketsSansIOProtocol):
             self.handle_text(Frame(Opcode.TEXT, payload))
 
     def write_texts(self, payloads: Sequence[bytes]) -> bool:
-        """Write ``payloads`` as text frames in one write; False (nothing written) when
-        the connection is not open, is closing, or its write buffer is full."""
+        """Write ``payloads`` as text frames in one write; False (nothing written) once
+        the connection is closing (a close frame sent or received, the socket lost) or
+        while its write buffer is full. For an accepted connection without extensions,
+        as the master's are."""
         if (
-            not self.handshake_complete
-            or self.close_sent
-            or self.conn.state is not State.OPEN
-            or self.conn.extensions
-            or not self.writable.is_set()
+            self.conn.state is not State.OPEN
             or self.transport.is_closing()
+            or not self.writable.is_set()
         ):
             return False
         if len(payloads) == 1:

@@ -11,6 +11,8 @@ bytes to websockets' parser, which handles the protocol's errors and closing as 
 
 from __future__ import annotations
 
+import os
+
 from websockets.protocol import Protocol, Side, State
 
 try:
@@ -70,11 +72,19 @@ def lone_text_frame(data: bytes, protocol: Protocol) -> bytes | None:
 def server_text_frame(payload: bytes) -> bytes:
     """``payload`` (UTF-8 text) as one final, unmasked text frame: what a server sends
     (RFC 6455, 5.2), in the form websockets writes it."""
-    size = len(payload)
+    return _text_head(len(payload), 0) + payload
+
+
+def client_text_frame(payload: bytes) -> bytes:
+    """``payload`` (UTF-8 text) as one final text frame masked with a fresh random
+    key, as a client must send it (RFC 6455, 5.3)."""
+    mask = os.urandom(4)
+    return _text_head(len(payload), 0x80) + mask + apply_mask(payload, mask)
+
+
+def _text_head(size: int, mask_bit: int) -> bytes:
     if size < 126:
-        head = bytes((_FINAL_TEXT, size))
-    elif size < 1 << 16:
-        head = bytes((_FINAL_TEXT, 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((_FINAL_TEXT, 127)) + size.to_bytes(8, "big")
-    return head + payload
+        return bytes((_FINAL_TEXT, mask_bit | size))
+    if size < 1 << 16:
+        return bytes((_FINAL_TEXT, mask_bit | 126)) + size.to_bytes(2, "big")
+    return bytes((_FINAL_TEXT, mask_bit | 127)) + size.to_bytes(8, "big")

@@ -613,11 +613,17 @@ class Worker:
         ws = self._ws
         if ws is None:
             return False
-        try:
-            async with self._send_lock:
-                await ws.send(encode(message), text=True)
-        except ConnectionClosed:
-            return False
+        frame = encode(message)
+        if not (
+            isinstance(ws, WorkerConnection)
+            and not self._send_lock.locked()  # a send() under way goes first
+            and ws.write_text(frame)
+        ):
+            try:
+                async with self._send_lock:
+                    await ws.send(frame, text=True)
+            except ConnectionClosed:
+                return False
         self._last_sent = asyncio.get_running_loop().time()
         return True
 
