@@ -45,7 +45,7 @@ class LeanWebSocketsProtocol(WebSocketsSansIOProtocol):
             super().data_received(data)
             return
         on_text = self.on_text
-        if on_text is None or not self.queue.empty() or self.close_sent or not on_text(payload):
+        if on_text is None or not self.queue.empty() or not on_text(payload):
             self.handle_text(Frame(Opcode.TEXT, payload))
 
     def write_texts(self, payloads: Sequence[bytes]) -> bool:

@@ -1,4 +1,4 @@
-"""A short cut through websockets' frame parser for the usual read: one lone text frame.
+"""Short cuts around websockets' framing for the worker channel's usual frame.
 
 Nearly every read on the worker channel, on either side, is one whole, unfragmented
 text frame (an assignment, an ack, a result, a heartbeat) arriving alone. websockets
@@ -7,6 +7,7 @@ everything else between the socket and the code that handles it.
 :func:`lone_text_frame` recognises that case and returns its text, so a connection can
 deliver it at once; for anything else it returns None and the connection hands the
 bytes to websockets' parser, which handles the protocol's errors and closing as ever.
+:func:`server_text_frame` and :func:`client_text_frame` build such a frame to write.
 """
 
 from __future__ import annotations

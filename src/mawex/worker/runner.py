@@ -645,6 +645,9 @@ class Worker:
         return True
 
     async def _on_assign(self, assign: Assign) -> bool:
+        if self._startable(assign):
+            self._start(assign)
+            return True
         ref = _ref(assign)
         if self._stop_requested.is_set():
             self._log(logging.INFO, "handing back", "handback", attempt=_attempt_text(ref))
@@ -658,23 +661,18 @@ class Worker:
             return True
         if self._running is not None and self._running.ref == ref:
             return True  # a repeated assign of what we are running
-        refusal = None
         if assign.group != self.group:
             refusal = f"worker {self.id} serves group {self.group}, not {assign.group}"
-        elif self._running is not None:
+        else:
+            assert self._running is not None  # else it would be startable
             refusal = f"worker {self.id} is busy with {_attempt_text(self._running.ref)}"
-        if refusal is not None:
-            self._log(
-                logging.WARNING, "refusing an assignment", "refuse", attempt=_attempt_text(ref)
-            )
-            await self._report(ref, Outcome.failure(refusal))
-            return True
-        self._start(assign)
+        self._log(logging.WARNING, "refusing an assignment", "refuse", attempt=_attempt_text(ref))
+        await self._report(ref, Outcome.failure(refusal))
         return True
 
     def _startable(self, assign: Assign) -> bool:
-        """Whether :meth:`_on_assign` would start ``assign`` at once: a new attempt of
-        this worker's group, nothing running, no stop requested."""
+        """Whether ``assign`` is a new attempt of this worker's group it starts at once:
+        nothing running, no stop requested, no result of that attempt still held."""
         ref = _ref(assign)
         return (
             not self._stop_requested.is_set()
