@@ -204,3 +204,29 @@ async def test_a_text_frame_written_at_once_arrives_masked_and_whole() -> None:
             ws.send_data()
         assert not ws.write_text(b'"closed"')
     assert frames == [(0x81, b'{"type":"heartbeat"}'), (0x81, "é".encode() * 50)]
+
+
+async def test_no_frame_is_written_into_a_fragmented_message() -> None:
+    got: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.set_result([await _read_frame(reader) for _ in range(4)])
+        await _until_closed(reader, writer)
+
+    async def parts() -> AsyncIterator[str]:
+        yield "frag"
+        await release.wait()
+        yield "mented"
+
+    async with serving(script) as url:
+        async with connect(url, create_connection=WorkerConnection) as ws:
+            assert isinstance(ws, WorkerConnection)
+            sending = asyncio.create_task(ws.send(parts()))
+            await asyncio.sleep(0.05)  # the first fragment is out, the rest to come
+            assert not ws.write_text(b'"between"')
+            release.set()
+            await asyncio.wait_for(sending, 10)
+            assert ws.write_text(b'"after"')
+            frames = await asyncio.wait_for(got, 10)
+    assert frames == [(0x01, b"frag"), (0x00, b"mented"), (0x80, b""), (0x81, b'"after"')]

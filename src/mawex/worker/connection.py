@@ -51,7 +51,6 @@ class WorkerConnection(ClientConnection):
         buffer."""
         if (
             self.protocol.state is not State.OPEN
-            or self.protocol.expect_continuation_frame
             or self.send_in_progress is not None
             or self.paused
         ):
