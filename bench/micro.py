@@ -12,9 +12,14 @@ so that an optimisation can be judged by its per-task gain:
 - ``worker_log_*``: one worker log record through the JSON formatter;
 - ``engine_*``: the master's engine alone (MemoryJournal or SQLite) with fake,
   instant workers: the per-task CPU of the engine and core, and how fast the
-  protocol can go when every assignment waits for a journal commit.
+  protocol can go when every assignment waits for a journal commit;
+- ``http_*``: the master's HTTP protocol answering a submit or a task's ``GET``
+  (a 404) fed to it in a loop, on a transport that drops what is written, with
+  the engine on a MemoryJournal: answered by the protocol itself (``direct``)
+  against through the ASGI app (``asgi``), the two alternated.
 
-Run: ``.venv/bin/python bench/micro.py [--json out.json] [--engine-tasks 20000]``
+Run: ``.venv/bin/python bench/micro.py [--json out.json] [--engine-tasks 20000]
+[--only http,engine]``
 """
 
 from __future__ import annotations
@@ -292,14 +297,96 @@ async def engine_costs(tasks: int, pods: int) -> None:
             await engine_run(journal, f"sqlite_{sync}", tasks, pods)
 
 
+# -- the master's HTTP protocol ---------------------------------------------------------
+
+
+class _DroppingTransport(asyncio.Transport):
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+
+async def http_costs(n: int) -> None:
+    import itertools
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from mawex.journal.memory import MemoryJournal
+    from mawex.server.app import create_app
+    from mawex.server.http_protocol import guarded_http_protocol
+    from mawex.server.limits import NetLimits
+
+    engine = Engine(MemoryJournal(), EngineSettings(lease_ttl=5.0))
+    await engine.start()
+    await engine.wait_leader(10)
+    app = create_app(engine)
+    protocols = {}
+    for way, direct in (("direct", app.direct), ("asgi", None)):
+        config = uvicorn.Config(
+            app,
+            http=guarded_http_protocol(NetLimits(), direct),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,  # as a master's
+        )
+        config.load()
+        protocol: Any = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=ServerState(), app_state={}
+        )
+        protocol.connection_made(_DroppingTransport())
+        protocols[way] = protocol
+    ids = itertools.count()
+
+    def submit() -> bytes:
+        body = b'{"id":"t%d","group":"g","payload":1}' % next(ids)
+        head = b"POST /v1/tasks HTTP/1.1\r\nhost: m\r\ncontent-length: %d\r\n\r\n"
+        return head % len(body) + body
+
+    get = b"GET /v1/tasks/g/nope HTTP/1.1\r\nhost: m\r\n\r\n"
+    requests: dict[str, Callable[[], bytes]] = {"submit": submit, "get": lambda: get}
+    for name, make in requests.items():
+        times: dict[str, list[float]] = {way: [] for way in protocols}
+        for _ in range(5):
+            for way, protocol in protocols.items():
+                started = time.perf_counter()
+                for _ in range(n // 5):
+                    protocol.data_received(make())
+                    while protocol.tasks:
+                        await asyncio.gather(*protocol.tasks)
+                times[way].append((time.perf_counter() - started) / (n // 5) * 1e6)
+        for way, values in times.items():
+            put(f"http_{name}_{way}_us", sorted(values)[len(values) // 2])
+    await engine.stop()
+
+
+SECTIONS = ("sandbox", "deflate", "topic", "logging", "snapshot", "engine", "http")
+
+
 async def main_async(args: argparse.Namespace) -> None:
-    await sandbox_costs(args.n // 10)
-    deflate_costs(args.n)
-    topic_costs(args.n)
-    await topic_publish_cost(args.n)
-    logging_cost(args.n // 2)
-    snapshot_cost(args.snapshot_tasks)
-    await engine_costs(args.engine_tasks, args.pods)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    if "sandbox" in only:
+        await sandbox_costs(args.n // 10)
+    if "deflate" in only:
+        deflate_costs(args.n)
+    if "topic" in only:
+        topic_costs(args.n)
+        await topic_publish_cost(args.n)
+    if "logging" in only:
+        logging_cost(args.n // 2)
+    if "snapshot" in only:
+        snapshot_cost(args.snapshot_tasks)
+    if "engine" in only:
+        await engine_costs(args.engine_tasks, args.pods)
+    if "http" in only:
+        await http_costs(args.n)
 
 
 def main() -> int:
@@ -309,7 +396,11 @@ def main() -> int:
     parser.add_argument("--snapshot-tasks", type=int, default=50_000)
     parser.add_argument("--pods", type=int, default=4, help="fake workers, one pod each")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
     args = parser.parse_args()
+    unknown = set(args.only.split(",")) - set(SECTIONS) if args.only else set()
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
     put("load_avg_1m_before", os.getloadavg()[0])
     print(f"git {git_describe()}", flush=True)
     try:

@@ -33,6 +33,8 @@ PROBES = (
     ("mawex.client._http:_Connection.roundtrip", "client.send", "client.received"),
     (f"{_HTTP}:HttpToolsProtocol.data_received", "master.http_read", ""),
     ("mawex.server.tasks:TaskEndpoints._submit", "master.submit_handler", ""),
+    # a client's per-task requests, answered by the master's HTTP protocol itself
+    ("mawex.server.http_protocol:GuardedHttpToolsProtocol._answer", "master.direct_request", ""),
     ("mawex.master.engine:Engine._turn", "master.turn", "master.turn_done"),
     ("mawex.journal.sqlite:SQLiteJournal.append", "master.append", "master.append_done"),
     ("mawex.journal.postgresql:PostgreSQLJournal.append", "master.append", "master.append_done"),
@@ -47,6 +49,11 @@ PROBES = (
     ("starlette.websockets:WebSocket.receive", "", "master.ws_message"),
     ("mawex.server.worker_ws:_CheckedIn.read_direct", "master.ws_message", ""),
     (f"{_HTTP}:RequestResponseCycle.send", "master.http_write", "master.http_written"),
+    (
+        "mawex.server.http_protocol:GuardedHttpToolsProtocol._respond",
+        "master.http_write",
+        "master.http_written",
+    ),
     ("mawex.worker.connection:WorkerConnection.data_received", "worker.ws_read", ""),
     ("mawex.worker.runner:Worker._dispatch_frame", "worker.frame", ""),
     ("mawex.worker.runner:Worker._read_direct", "worker.frame", ""),

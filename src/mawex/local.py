@@ -183,7 +183,7 @@ class LocalMaster:
             # nothing reads the client's address: no X-Forwarded-For rewriting per request
             proxy_headers=False,
             server_header=False,
-            http=guarded_http_protocol(net),
+            http=guarded_http_protocol(net, app.direct),
             ws=LeanWebSocketsProtocol,
             limit_concurrency=net.max_connections,
             timeout_keep_alive=net.keep_alive_timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,8 +28,8 @@ def _bearer(token: str | None) -> bytes | None:
     return f"Bearer {token}".encode() if token else None
 
 
-def _authorization(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
+def _authorization(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    for name, value in headers:
         if name == b"authorization":
             return bytes(value)
     return b""
@@ -53,7 +54,8 @@ class BearerAuth:
     def __repr__(self) -> str:
         return f"BearerAuth(client={self.client is not None}, worker={self.worker is not None})"
 
-    def _allowed(self, path: str, given: bytes) -> bool:
+    def allowed(self, path: str, given: bytes) -> bool:
+        """Whether ``given`` (the ``Authorization`` header's value) may call ``path``."""
         if path == WORKER_PATH and self.worker is not None:
             return hmac.compare_digest(given, self.worker)
         if self.worker is not None and hmac.compare_digest(given, self.worker):
@@ -64,7 +66,7 @@ class BearerAuth:
         if (
             scope["type"] in ("http", "websocket")
             and scope["path"] not in OPEN_PATHS
-            and not self._allowed(scope["path"], _authorization(scope))
+            and not self.allowed(scope["path"], _authorization(scope["headers"]))
         ):
             if scope["type"] == "http" and scope["path"] in ops.PAGE_PATHS:
                 # the page shell (no data) with 401: the browser shows it and it asks
@@ -109,6 +111,21 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
 _TASK_QUERY = frozenset({"wait"})
 
 
+def query_error(path: str, query: bytes) -> Rejected | None:
+    """Why ``query`` is refused on ``path`` (unknown or repeated names), or None."""
+    if not query or not path.startswith("/v1/"):
+        return None
+    allowed = QUERY_PARAMS.get(path, _TASK_QUERY)
+    names = [name for name, _ in query_pairs(query)]
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        names_text = ", ".join(map(repr, unknown))[:200]
+        return Rejected(f"unknown query parameter(s) {names_text}")
+    if len(names) != len(set(names)):
+        return Rejected("a query parameter is repeated")
+    return None
+
+
 class StrictQuery:
     """Refuses unknown query parameters on the ``/v1/`` API, and repeated ones."""
 
@@ -116,24 +133,68 @@ class StrictQuery:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        query: bytes = scope.get("query_string", b"")
-        if query and path.startswith("/v1/") and scope["type"] in ("http", "websocket"):
-            allowed = QUERY_PARAMS.get(path, _TASK_QUERY)
-            names = [name for name, _ in query_pairs(query)]
-            unknown = sorted(set(names) - allowed)
-            error = None
-            if unknown:
-                names_text = ", ".join(map(repr, unknown))[:200]
-                error = Rejected(f"unknown query parameter(s) {names_text}")
-            elif len(names) != len(set(names)):
-                error = Rejected("a query parameter is repeated")
+        if scope["type"] in ("http", "websocket"):
+            error = query_error(scope.get("path", ""), scope.get("query_string", b""))
             if error is not None:
                 if scope["type"] == "http":
                     await error_response(error)(scope, receive, send)
                 else:
                     await refuse_websocket(scope, send, error)
                 return
+        await self.app(scope, receive, send)
+
+
+class DirectRequests:
+    """What the master's HTTP protocol answers without the ASGI app: a client's
+    per-task calls, ``POST /v1/tasks`` and ``GET /v1/tasks/{group}/{id}``.
+
+    They pass the same checks in the same order as through the app: the token
+    (:class:`BearerAuth`), the body's size (the protocol sends only bodies within
+    :attr:`max_body`), the query (:func:`query_error`), then
+    :meth:`TaskEndpoints.answer <mawex.server.tasks.TaskEndpoints.answer>`.
+    """
+
+    def __init__(
+        self, endpoints: tasks.TaskEndpoints, auth: BearerAuth | None, max_body: int
+    ) -> None:
+        self.endpoints = endpoints
+        self.auth = auth
+        #: The largest body the protocol may hand to :meth:`answer`.
+        self.max_body = max_body
+
+    def takes(self, method: str, path: str) -> bool:
+        """Whether a ``method`` request to ``path`` may be answered by :meth:`answer`."""
+        if method == "POST":
+            return path == tasks.SUBMIT_PATH
+        return method == "GET" and path != tasks.SUBMIT_PATH and self.endpoints.takes(path)
+
+    async def answer(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> tasks.Answer:
+        """The response to a whole request :meth:`takes` (``headers`` lowercased)."""
+        auth = self.auth
+        if auth is not None and not auth.allowed(path, _authorization(headers)):
+            return tasks.error_answer(Unauthorized())
+        error = query_error(path, query)
+        if error is not None:
+            return tasks.error_answer(error)
+        return await self.endpoints.answer(method, path, query, body)
+
+
+class MasterApp:
+    """A master's ASGI application, and the requests its HTTP protocol may answer
+    directly (:attr:`direct`, for :func:`mawex.server.http_protocol.guarded_http_protocol`)."""
+
+    def __init__(self, app: ASGIApp, direct: DirectRequests) -> None:
+        self.app = app
+        self.direct = direct
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
 
 
@@ -144,7 +205,7 @@ def create_app(
     worker_token: str | None = None,
     api_limits: ApiLimits | None = None,
     net_limits: NetLimits | None = None,
-) -> ASGIApp:
+) -> MasterApp:
     """The HTTP API, result topic, worker channel and ops endpoints of one master.
 
     ``token``/``worker_token``: see :class:`BearerAuth`. ``api_limits`` bound sizes,
@@ -174,11 +235,12 @@ def create_app(
     app.state.engine = engine
     app.state.api_limits = api_limits = api_limits or ApiLimits()
     app.state.net_limits = net_limits = net_limits or NetLimits()
+    endpoints = tasks.TaskEndpoints(app, engine, api_limits)
     guarded: ASGIApp = RequestGuard(
-        StrictQuery(tasks.TaskEndpoints(app, engine, api_limits)),
+        StrictQuery(endpoints),
         max_body=api_limits.max_body,
         max_websockets=net_limits.max_connections,
     )
-    if token or worker_token:
-        return BearerAuth(guarded, token, worker_token)
-    return guarded
+    auth = BearerAuth(guarded, token, worker_token) if token or worker_token else None
+    direct = DirectRequests(endpoints, auth, api_limits.max_body)
+    return MasterApp(auth or guarded, direct)

@@ -10,7 +10,14 @@ writes each response once:
   could hold a connection open forever by sending nothing, or a header a byte at a time;
 - a deadline on each request's body (``body_timeout``, from the end of its headers);
 - a fixed-length response's head and body in one write: one wake-up of the client,
-  where uvicorn writes each ASGI message as it comes.
+  where uvicorn writes each ASGI message as it comes;
+- a client's per-task requests answered without the ASGI app (:class:`DirectHandler`,
+  given by the app: :class:`mawex.server.app.DirectRequests`): no ASGI messages,
+  request cycle task or middleware stack, the response written in one piece. A
+  request goes that way only when uvicorn would have started the app on it with its
+  body in hand: within the handler's bound and uvicorn's read buffer, with a
+  ``Content-Length`` (no chunks), without ``Expect: 100-continue``, in turn behind
+  pipelined requests before it; any other goes to the app as usual.
 
 Past the first request of a connection (whose deadline runs from the opening), a
 timer runs only while a request is still arriving after a read: the usual request
@@ -20,9 +27,15 @@ comes whole in one read and costs none.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from mawex.errors import Rejected, TooLarge
 from mawex.server.limits import NetLimits, RequestTimeout
@@ -33,6 +46,28 @@ _IDLE, _HEAD, _BODY = 0, 1, 2
 
 class _HeadTooLarge(Exception):
     pass
+
+
+class DirectHandler(Protocol):
+    """Requests the protocol answers itself, without the ASGI app."""
+
+    #: The largest request body :meth:`answer` takes.
+    max_body: int
+
+    def takes(self, method: str, path: str) -> bool:
+        """Whether a ``method`` request to ``path`` is answered by :meth:`answer`."""
+        ...
+
+    async def answer(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The status, headers (without the server's defaults) and body of the response."""
+        ...
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -47,7 +82,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 30.0
     max_header_bytes = 64 * 1024
+    direct: DirectHandler | None = None
     _deadline: asyncio.TimerHandle | None = None
+    #: A request to answer directly once its body is in.
+    _unanswered: RequestResponseCycle | None = None
     _reading = _HEAD  # a new connection owes a request head
     _head_bytes = 0
     _refused = False
@@ -93,6 +131,82 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._reading = _IDLE
         super().on_message_complete()
+        cycle = self._unanswered
+        if cycle is not None:
+            self._unanswered = None
+            self._answer_directly(cycle)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        if app is self.app and self._is_direct(cycle):
+            if cycle.more_body:
+                self._unanswered = cycle
+            else:  # a pipelined request, whole, whose turn has come
+                self._answer_directly(cycle)
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def _is_direct(self, cycle: RequestResponseCycle) -> bool:
+        direct = self.direct
+        scope = cycle.scope
+        if (
+            direct is None
+            or cycle.waiting_for_100_continue
+            or not direct.takes(scope["method"], scope["path"])
+        ):
+            return False
+        bound = min(direct.max_body, HIGH_WATER_LIMIT)  # past it uvicorn pauses reading
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if int(value) > bound:
+                    return False
+            elif name == b"transfer-encoding":
+                return False
+        return True
+
+    def _answer_directly(self, cycle: RequestResponseCycle) -> None:
+        task = self.loop.create_task(self._answer(cycle))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _answer(self, cycle: RequestResponseCycle) -> None:
+        """What uvicorn's request cycle does for the app, for a direct request."""
+        assert self.direct is not None
+        scope = cycle.scope
+        try:
+            status, headers, content = await self.direct.answer(
+                scope["method"],
+                scope["path"],
+                scope["query_string"],
+                scope["headers"],
+                bytes(cycle.body),
+            )
+        except Exception as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            await cycle.send_500_response()
+            return
+        if self.flow.write_paused:
+            await self.flow.drain()  # a lost connection resumes writing too
+        if not self.transport.is_closing():
+            self._respond(cycle, status, headers, content)
+
+    def _respond(
+        self,
+        cycle: RequestResponseCycle,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes,
+    ) -> None:
+        keep_alive = cycle.keep_alive
+        response = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            response += (name, b": ", value, b"\r\n")
+        response.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        response.append(content)
+        self.transport.write(b"".join(response))
+        cycle.response_complete = True  # what uvicorn's protocol asks of a cycle
+        if not keep_alive:
+            self.transport.close()
+        cycle.on_response()
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
@@ -194,8 +308,11 @@ class _OneWrite:
         return getattr(self.transport, name)
 
 
-def guarded_http_protocol(limits: NetLimits) -> type[asyncio.Protocol]:
-    """:class:`GuardedHttpToolsProtocol` with ``limits``, for ``uvicorn.Config(http=...)``."""
+def guarded_http_protocol(
+    limits: NetLimits, direct: DirectHandler | None = None
+) -> type[asyncio.Protocol]:
+    """:class:`GuardedHttpToolsProtocol` with ``limits``, answering what ``direct``
+    takes itself, for ``uvicorn.Config(http=...)``."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
@@ -203,5 +320,6 @@ def guarded_http_protocol(limits: NetLimits) -> type[asyncio.Protocol]:
             "header_timeout": limits.header_timeout,
             "body_timeout": limits.body_timeout,
             "max_header_bytes": limits.max_header_bytes,
+            "direct": direct,
         },
     )

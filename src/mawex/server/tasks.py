@@ -3,13 +3,14 @@
 :class:`TaskEndpoints` answers what clients call once per task, ``POST /v1/tasks``
 and ``GET``/``DELETE /v1/tasks/{group}/{id}``, as plain ASGI in front of the
 router: these requests build no request, response or routing objects, which is
-most of what a request costs besides the engine. Everything else goes on to the
-Starlette app; ``POST /v1/tasks/batch`` and ``GET /v1/state`` are its handlers here.
+most of what a request costs besides the engine. The master's HTTP protocol answers
+the usual ones without ASGI at all, through :meth:`TaskEndpoints.answer`
+(:class:`mawex.server.app.DirectRequests`). Everything else goes on to the Starlette
+app; ``POST /v1/tasks/batch`` and ``GET /v1/state`` are its handlers here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any
 
 from starlette.requests import Request
@@ -39,13 +40,19 @@ class MethodNotAllowed(Rejected):
         self.allow = allow
 
 
+#: A response as the per-task endpoints give it: status, headers, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
 class TaskEndpoints:
     """``POST /v1/tasks``, ``GET``/``HEAD``/``DELETE /v1/tasks/{group}/{id}``; the rest: ``app``.
 
     The request body arrives whole (:class:`~mawex.server.limits.RequestGuard` reads
     it first) and the query's names are checked (``StrictQuery``). A
     :class:`~mawex.errors.MawexError` becomes its JSON error; any other exception
-    goes to the server, which answers ``500``.
+    goes to the server, which answers ``500``. :meth:`answer` is the same without
+    ASGI, for requests the HTTP protocol answers itself
+    (:class:`~mawex.server.app.DirectRequests`).
     """
 
     #: What this answers, as ``(path, method)`` (the router has no routes for them).
@@ -63,68 +70,84 @@ class TaskEndpoints:
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            if path == SUBMIT_PATH:
-                await _answer(self._submit(scope, receive), send)
-                return
-            if path.startswith(TASK_PREFIX):
-                group, slash, id = path[len(TASK_PREFIX) :].partition("/")
-                if slash and group and id and "/" not in id:
-                    await _answer(self._task(scope, group, id), send)
-                    return
+        if scope["type"] == "http" and self.takes(scope["path"]):
+            message = await receive()
+            status, headers, content = await self.answer(
+                scope["method"], scope["path"], scope["query_string"], message.get("body", b"")
+            )
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+            return
         await self.app(scope, receive, send)
 
-    async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
-        if scope["method"] != "POST":
+    @staticmethod
+    def takes(path: str) -> bool:
+        """Whether ``path`` is one of these endpoints'."""
+        if path == SUBMIT_PATH:
+            return True
+        if not path.startswith(TASK_PREFIX):
+            return False
+        group, slash, id = path[len(TASK_PREFIX) :].partition("/")
+        return bool(slash and group and id) and "/" not in id
+
+    async def answer(self, method: str, path: str, query: bytes, body: bytes) -> Answer:
+        """The response to one request to a path these endpoints take (:meth:`takes`)."""
+        try:
+            if path == SUBMIT_PATH:
+                status, data = await self._submit(method, query, body)
+            else:
+                group, _, id = path[len(TASK_PREFIX) :].partition("/")
+                status, data = await self._task(method, query, group, id)
+        except MawexError as exc:
+            return error_answer(exc)
+        return json_answer(status, data)
+
+    async def _submit(self, method: str, query: bytes, body: bytes) -> tuple[int, dict[str, Any]]:
+        if method != "POST":
             raise MethodNotAllowed("POST")
         engine = self.engine
-        wait = _wait(scope)
+        wait = _wait(query)
         engine._require_leader()
-        message = await receive()
-        task = api.parse_task(message.get("body", b""), self.limits)
+        task = api.parse_task(body, self.limits)
         duplicate = await engine.submit(task)
-        body: dict[str, Any] = {
+        data: dict[str, Any] = {
             "id": task.id,
             "group": task.group,
             "status": "accepted",
             "duplicate": duplicate,
         }
         if wait > 0:  # submit and wait: the task as it is once terminal, or after ``wait``
-            body["task"] = await engine.wait_terminal(task.group, task.id, wait)
-        return 202, body
+            data["task"] = await engine.wait_terminal(task.group, task.id, wait)
+        return 202, data
 
-    async def _task(self, scope: Scope, group: str, id: str) -> tuple[int, dict[str, Any]]:
-        method = scope["method"]
+    async def _task(
+        self, method: str, query: bytes, group: str, id: str
+    ) -> tuple[int, dict[str, Any]]:
         if method not in ("GET", "HEAD", "DELETE"):
             raise MethodNotAllowed("GET, HEAD, DELETE")
         group, id = check_name(group, "group"), check_id(id)
         if method == "DELETE":
             return 200, await self.engine.cancel(group, id)
-        wait = _wait(scope)
+        wait = _wait(query)
         if wait > 0:
             return 200, await self.engine.wait_terminal(group, id, wait)
         return 200, self.engine.get(group, id)
 
 
-async def _answer(handler: Awaitable[tuple[int, dict[str, Any]]], send: Send) -> None:
-    """Send ``handler``'s status and JSON body, or its :class:`MawexError` as JSON."""
-    headers = [_JSON]
-    try:
-        status, body = await handler
-    except MawexError as exc:
-        status, body = exc.status, exc.to_body()
-        if isinstance(exc, MethodNotAllowed):
-            headers.append((b"allow", exc.allow.encode()))
-    content = json_body(body)
-    headers.append((b"content-length", str(len(content)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": content})
+def json_answer(status: int, data: Any, *headers: tuple[bytes, bytes]) -> Answer:
+    """``data`` as a JSON response, with ``headers`` besides its type and length."""
+    content = json_body(data)
+    return status, [_JSON, *headers, (b"content-length", str(len(content)).encode())], content
 
 
-def _wait(scope: Scope) -> float:
+def error_answer(error: MawexError) -> Answer:
+    """``error`` as its JSON response (``405`` with its ``allow`` header)."""
+    allow = [(b"allow", error.allow.encode())] if isinstance(error, MethodNotAllowed) else []
+    return json_answer(error.status, error.to_body(), *allow)
+
+
+def _wait(query: bytes) -> float:
     """The ``wait`` query parameter in seconds (0 without one)."""
-    query: bytes = scope.get("query_string", b"")
     if not query:
         return 0.0
     params = dict(api.query_pairs(query))
