@@ -13,10 +13,10 @@ so that an optimisation can be judged by its per-task gain:
 - ``engine_*``: the master's engine alone (MemoryJournal or SQLite) with fake,
   instant workers: the per-task CPU of the engine and core, and how fast the
   protocol can go when every assignment waits for a journal commit;
-- ``http_*``: the master's HTTP protocol answering a submit or a task's ``GET``
-  (a 404) fed to it in a loop, on a transport that drops what is written, with
-  the engine on a MemoryJournal: answered by the protocol itself (``direct``)
-  against through the ASGI app (``asgi``), the two alternated.
+- ``http_*``: the master's HTTP protocol answering a submit or a task's long poll
+  (``GET …?wait=25``, a 404) fed to it in a loop, on a transport that drops what is
+  written, with the engine on a MemoryJournal: answered by the protocol itself
+  (``direct``) against through the ASGI app (``asgi``), the two alternated.
 
 Run: ``.venv/bin/python bench/micro.py [--json out.json] [--engine-tasks 20000]
 [--only http,engine]``
@@ -350,7 +350,7 @@ async def http_costs(n: int) -> None:
         head = b"POST /v1/tasks HTTP/1.1\r\nhost: m\r\ncontent-length: %d\r\n\r\n"
         return head % len(body) + body
 
-    get = b"GET /v1/tasks/g/nope HTTP/1.1\r\nhost: m\r\n\r\n"
+    get = b"GET /v1/tasks/g/nope?wait=25 HTTP/1.1\r\nhost: m\r\n\r\n"  # a long poll
     requests: dict[str, Callable[[], bytes]] = {"submit": submit, "get": lambda: get}
     for name, make in requests.items():
         times: dict[str, list[float]] = {way: [] for way in protocols}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Iterable
 
@@ -16,7 +17,7 @@ from mawex.master.engine import Engine
 from mawex.server import ops, results, tasks, worker_ws
 from mawex.server.limits import NetLimits, RequestGuard, refuse_websocket
 from mawex.server.responses import error_response, mawex_error_handler
-from mawex.wire.api import ApiLimits, query_pairs
+from mawex.wire.api import CACHED_QUERY_BYTES, ApiLimits, query_pairs
 
 #: No token needed: liveness only (page shells come with 401 and ask for the token).
 OPEN_PATHS = frozenset({"/healthz"})
@@ -116,14 +117,25 @@ def query_error(path: str, query: bytes) -> Rejected | None:
     if not query or not path.startswith("/v1/"):
         return None
     allowed = QUERY_PARAMS.get(path, _TASK_QUERY)
+    if len(query) <= CACHED_QUERY_BYTES:
+        problem = _remembered_query_problem(allowed, query)
+    else:
+        problem = _query_problem(allowed, query)
+    return None if problem is None else Rejected(problem)
+
+
+def _query_problem(allowed: frozenset[str], query: bytes) -> str | None:
     names = [name for name, _ in query_pairs(query)]
     unknown = sorted(set(names) - allowed)
     if unknown:
         names_text = ", ".join(map(repr, unknown))[:200]
-        return Rejected(f"unknown query parameter(s) {names_text}")
+        return f"unknown query parameter(s) {names_text}"
     if len(names) != len(set(names)):
-        return Rejected("a query parameter is repeated")
+        return "a query parameter is repeated"
     return None
+
+
+_remembered_query_problem = functools.lru_cache(maxsize=256)(_query_problem)
 
 
 class StrictQuery:

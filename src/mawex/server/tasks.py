@@ -11,6 +11,7 @@ app; ``POST /v1/tasks/batch`` and ``GET /v1/state`` are its handlers here.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from starlette.requests import Request
@@ -150,8 +151,16 @@ def _wait(query: bytes) -> float:
     """The ``wait`` query parameter in seconds (0 without one)."""
     if not query:
         return 0.0
-    params = dict(api.query_pairs(query))
-    return api.parse_seconds(params.get("wait"), "wait", MAX_WAIT_S)
+    if len(query) <= api.CACHED_QUERY_BYTES:
+        return _remembered_wait(query)
+    return _parse_wait(query)
+
+
+def _parse_wait(query: bytes) -> float:
+    return api.parse_seconds(dict(api.query_pairs(query)).get("wait"), "wait", MAX_WAIT_S)
+
+
+_remembered_wait = functools.lru_cache(maxsize=256)(_parse_wait)  # errors are not kept
 
 
 def _engine(request: Request) -> Engine:
