@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -196,3 +197,36 @@ async def wait_until_async(check: Callable[[], bool], what: str, timeout: float 
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
+async def test_a_worker_logs_each_attempt_at_its_level(
+    master: LocalMaster, caplog: pytest.LogCaptureFixture, level: int
+) -> None:
+    """Per-task lines at debug level (a failure at warning), each naming its attempt."""
+    caplog.set_level(level, logger="mawex.worker")
+    echo = await _workers(master, "mawex.examples.demo:echo", "ok", "pod-ok")
+    fail = await _workers(master, "mawex.examples.demo:fail", "bad", "pod-bad")
+    try:
+        async with master.client() as client:
+            assert await client.run("ok", 1, id="fine", timeout=10) == 1
+            with pytest.raises(mawex.TaskFailed):
+                await client.run("bad", {"error": "nope"}, id="broken", max_attempts=1, timeout=10)
+            await wait_until_async(lambda: not echo.workers[0]._unacked, "the result's ack")
+    finally:
+        echo.stop()
+        fail.stop()
+    lines = {
+        (r.levelno, r.getMessage(), getattr(r, "attempt", None))
+        for r in caplog.records
+        if r.name == "mawex.worker"
+    }
+    failed = (logging.WARNING, "attempt finished", "bad/broken#1")
+    debug = {
+        (logging.DEBUG, "running", "ok/fine#1"),
+        (logging.DEBUG, "attempt finished", "ok/fine#1"),
+        (logging.DEBUG, "result acknowledged", "ok/fine#1"),
+        (logging.DEBUG, "running", "bad/broken#1"),
+    }
+    assert failed in lines
+    assert debug <= lines if level == logging.DEBUG else not debug & lines

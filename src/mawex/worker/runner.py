@@ -689,7 +689,7 @@ class Worker:
 
     def _on_ack(self, ack: Ack) -> None:
         ref = _ref(ack)
-        if self._unacked.pop(ref, None) is not None:
+        if self._unacked.pop(ref, None) is not None and log.isEnabledFor(logging.DEBUG):
             self._log(logging.DEBUG, "result acknowledged", "ack", attempt=_attempt_text(ref))
         if not self._unacked:
             self._all_acked.set()
@@ -729,7 +729,8 @@ class Worker:
 
     async def _execute(self, assign: Assign, ref: AttemptRef) -> None:
         timeout = self._timeout(assign.timeout_s)
-        self._log(logging.DEBUG, "running", "run", attempt=_attempt_text(ref), timeout=timeout)
+        if log.isEnabledFor(logging.DEBUG):  # a per-task line: built only when it is kept
+            self._log(logging.DEBUG, "running", "run", attempt=_attempt_text(ref), timeout=timeout)
         try:
             payload = msgspec.json.decode(assign.payload)
         except msgspec.DecodeError as exc:
@@ -783,16 +784,19 @@ class Worker:
             self._busy_watch = asyncio.create_task(
                 self._watch_lingering(finished, outcome.lingering)
             )
-        # per-task lines cost more than the task itself for small tasks: debug level
-        self._log(
-            logging.DEBUG if outcome.ok else logging.WARNING,
-            "attempt finished",
-            "finished",
-            attempt=_attempt_text(ref),
-            ok=outcome.ok,
-            error=outcome.error and outcome.error.splitlines()[0],
-            busy=finished.busy,
-        )
+        # per-task lines cost more than the task itself for small tasks: debug level,
+        # and built only when it is kept
+        level = logging.DEBUG if outcome.ok else logging.WARNING
+        if log.isEnabledFor(level):
+            self._log(
+                level,
+                "attempt finished",
+                "finished",
+                attempt=_attempt_text(ref),
+                ok=outcome.ok,
+                error=outcome.error and outcome.error.splitlines()[0],
+                busy=finished.busy,
+            )
         await self._send(finished)
 
     async def _watch_lingering(self, finished: Finished, lingering: Awaitable[None]) -> None:
