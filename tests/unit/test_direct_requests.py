@@ -1,9 +1,9 @@
 """A client's per-task requests answered by the master's HTTP protocol itself.
 
 uvicorn's protocol with the master's subclass, the master's real app and engine (on
-a memory journal), on a transport that records writes: the direct answer is the
-app's answer, byte for byte but the date, and anything the direct path does not
-take still reaches the app.
+a memory journal), on a transport that records writes, fed from loop callbacks as a
+socket feeds it: the direct answer is the app's answer, byte for byte but the date,
+and anything the direct path does not take still reaches the app.
 """
 
 from __future__ import annotations
@@ -48,7 +48,13 @@ class Master:
         self.engine = engine
         self.app = Counting(app)
 
-    def protocol(self, *, direct: bool = True, limit_concurrency: int | None = None) -> Any:
+    def protocol(
+        self,
+        *,
+        direct: bool = True,
+        limit_concurrency: int | None = None,
+        timeout_keep_alive: float = 5,
+    ) -> Any:
         http = guarded_http_protocol(NetLimits(), self.app.app.direct if direct else None)
         config = uvicorn.Config(
             self.app,
@@ -56,6 +62,7 @@ class Master:
             lifespan="off",
             access_log=False,
             limit_concurrency=limit_concurrency,
+            timeout_keep_alive=timeout_keep_alive,  # type: ignore[arg-type]
         )
         config.load()
         return config.http_protocol_class(  # type: ignore[call-arg]
@@ -68,11 +75,18 @@ class Master:
         transport = RecordingTransport()
         protocol.connection_made(transport)
         for request in requests:
-            protocol.data_received(request)
+            await feed(protocol, request)
             await asyncio.sleep(0)
         await settle(protocol)
         protocol.connection_lost(None)
         return transport
+
+
+async def feed(protocol: Any, data: bytes) -> None:
+    """Hand ``data`` to ``protocol`` from a loop callback, outside any task, as a
+    server's socket does."""
+    asyncio.get_running_loop().call_soon(protocol.data_received, data)
+    await asyncio.sleep(0)
 
 
 async def settle(protocol: Any) -> None:
@@ -214,7 +228,7 @@ async def test_a_server_over_its_connection_limit_refuses_before_answering(
     protocol = master.protocol(limit_concurrency=1)  # this connection is the one allowed
     transport = RecordingTransport()
     protocol.connection_made(transport)
-    protocol.data_received(submit("a"))
+    await feed(protocol, submit("a"))
     await settle(protocol)
     assert transport.writes[0].startswith(b"HTTP/1.1 503 ")
     assert ("g", "a") not in master.engine.state.tasks
@@ -229,11 +243,11 @@ async def test_expect_100_continue_goes_to_the_app_which_invites_the_body(
     protocol = master.protocol()
     transport = RecordingTransport()
     protocol.connection_made(transport)
-    protocol.data_received(head + b"\r\nexpect: 100-continue\r\n\r\n")
+    await feed(protocol, head + b"\r\nexpect: 100-continue\r\n\r\n")
     for _ in range(10):
         await asyncio.sleep(0)
     assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
-    protocol.data_received(body)
+    await feed(protocol, body)
     await settle(protocol)
     assert master.app.calls == 1 and responses(transport.writes[1:])[0][0] == 202
 
@@ -244,11 +258,11 @@ async def test_a_body_in_a_later_read_is_answered_once_it_is_in(masters: MasterF
     protocol = master.protocol()
     transport = RecordingTransport()
     protocol.connection_made(transport)
-    protocol.data_received(head + b"\r\n\r\n" + body[:5])
+    await feed(protocol, head + b"\r\n\r\n" + body[:5])
     for _ in range(10):
         await asyncio.sleep(0)
     assert transport.writes == [] and "a" not in {id for _, id in master.engine.state.tasks}
-    protocol.data_received(body[5:])
+    await feed(protocol, body[5:])
     await settle(protocol)
     assert master.app.calls == 0
     assert [status for status, _, _ in responses(transport.writes)] == [202]
@@ -283,7 +297,7 @@ async def test_a_connection_not_kept_alive_is_closed_after_the_answer(
     protocol = master.protocol()
     transport = RecordingTransport()
     protocol.connection_made(transport)
-    protocol.data_received(raw)
+    await feed(protocol, raw)
     await settle(protocol)
     assert master.app.calls == 0 and transport.closed
     [(status, headers, _)] = responses(transport.writes)
@@ -299,7 +313,7 @@ async def test_nothing_is_written_to_a_client_gone_while_it_waited(
     protocol = master.protocol()
     transport = RecordingTransport()
     protocol.connection_made(transport)
-    protocol.data_received(submit("a", query="?wait=30") + behind)
+    await feed(protocol, submit("a", query="?wait=30") + behind)
     for _ in range(10):
         await asyncio.sleep(0)
     assert master.engine.get("g", "a")["status"] == "pending"
@@ -316,7 +330,7 @@ async def test_an_answer_waits_while_the_socket_is_full(masters: MasterFactory) 
     transport = RecordingTransport()
     protocol.connection_made(transport)
     protocol.pause_writing()
-    protocol.data_received(request("GET", "/v1/tasks/g/nope"))
+    await feed(protocol, request("GET", "/v1/tasks/g/nope"))
     for _ in range(10):
         await asyncio.sleep(0)
     assert transport.writes == []
@@ -338,3 +352,67 @@ async def test_a_failing_handler_gets_a_500_and_the_connection_closed(
     assert master.app.calls == 0 and transport.closed
     assert transport.writes[0].startswith(b"HTTP/1.1 500 ")
     assert b"".join(transport.writes).endswith(b"Internal Server Error")
+
+
+async def test_a_thousand_requests_in_one_read_are_answered_in_order(
+    masters: MasterFactory,
+) -> None:
+    master = await masters()
+    many = b"".join(request("GET", f"/v1/tasks/g/t{i}") for i in range(1000))
+    answered = responses((await master.serve(many)).writes)
+    assert [body["detail"] for _, _, body in answered] == [f"no task g/t{i}" for i in range(1000)]
+
+
+async def test_keep_alive_closes_a_connection_only_once_it_is_idle(
+    masters: MasterFactory,
+) -> None:
+    """Not while a request read with an answered one still waits; after its answer."""
+    master = await masters()
+    protocol = master.protocol(timeout_keep_alive=0.05)
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    await feed(protocol, request("GET", "/v1/tasks/g/nope") + submit("a", query="?wait=0.3"))
+    await settle(protocol)
+    assert [status for status, _, _ in responses(transport.writes)] == [404, 202]
+    assert not transport.closed
+    await asyncio.sleep(0.2)  # idle now: the keep-alive timeout closes the connection
+    assert transport.closed
+
+
+async def test_a_cancelled_answer_writes_nothing(masters: MasterFactory) -> None:
+    master = await masters()
+    protocol = master.protocol()
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    await feed(protocol, submit("a", query="?wait=30"))
+    [task] = protocol.tasks
+    for _ in range(5):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert transport.writes == []
+    await master.engine.cancel("g", "a")  # nobody waits on it any more: no answer is given
+    assert transport.writes == [] and master.engine.get("g", "a")["status"] == "cancelled"
+
+
+async def test_a_long_poll_waits_for_the_task(masters: MasterFactory) -> None:
+    """For its time (the task still pending), or until the task ends."""
+    master = await masters()
+    protocol = master.protocol()
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    await feed(protocol, submit("a"))
+    await settle(protocol)
+    await feed(protocol, request("GET", "/v1/tasks/g/a?wait=0.05"))
+    await settle(protocol)
+    await feed(protocol, request("GET", "/v1/tasks/g/a?wait=30"))
+    assert len(protocol.tasks) == 1  # waiting
+    await master.engine.cancel("g", "a")
+    await settle(protocol)
+    answered = responses(transport.writes)
+    assert [(status, body.get("status")) for status, _, body in answered] == [
+        (202, "accepted"),
+        (200, "pending"),
+        (200, "cancelled"),
+    ]
