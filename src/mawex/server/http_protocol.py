@@ -11,13 +11,13 @@ writes each response once:
 - a deadline on each request's body (``body_timeout``, from the end of its headers);
 - a fixed-length response's head and body in one write: one wake-up of the client,
   where uvicorn writes each ASGI message as it comes;
-- a client's per-task requests answered without the ASGI app (:class:`DirectHandler`,
-  given by the app: :class:`mawex.server.app.DirectRequests`): no ASGI messages,
-  request cycle task or middleware stack, the response written in one piece. A
-  request goes that way only when uvicorn would have started the app on it with its
-  body in hand: within the handler's bound and uvicorn's read buffer, with a
-  ``Content-Length`` (no chunks), without ``Expect: 100-continue``, in turn behind
-  pipelined requests before it; any other goes to the app as usual.
+- a client's per-task requests answered without the ASGI app, by the app's
+  :class:`mawex.server.app.DirectRequests`: no ASGI messages, request cycle task or
+  middleware stack, the response written in one piece. A request goes that way only
+  when uvicorn would have started the app on it with its body in hand: within the
+  handler's bound and uvicorn's read buffer, with a ``Content-Length`` (no chunks),
+  without ``Expect: 100-continue``, in turn behind pipelined requests before it; any
+  other goes to the app as usual.
 
 Past the first request of a connection (whose deadline runs from the opening), a
 timer runs only while a request is still arriving after a read: the usual request
@@ -27,8 +27,7 @@ comes whole in one read and costs none.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
@@ -41,33 +40,14 @@ from mawex.errors import Rejected, TooLarge
 from mawex.server.limits import NetLimits, RequestTimeout
 from mawex.server.responses import json_body
 
+if TYPE_CHECKING:  # for typing only: the app's module is this one's user
+    from mawex.server.app import DirectRequests
+
 _IDLE, _HEAD, _BODY = 0, 1, 2
 
 
 class _HeadTooLarge(Exception):
     pass
-
-
-class DirectHandler(Protocol):
-    """Requests the protocol answers itself, without the ASGI app."""
-
-    #: The largest request body :meth:`answer` takes.
-    max_body: int
-
-    def takes(self, method: str, path: str) -> bool:
-        """Whether a ``method`` request to ``path`` is answered by :meth:`answer`."""
-        ...
-
-    async def answer(
-        self,
-        method: str,
-        path: str,
-        query: bytes,
-        headers: Iterable[tuple[bytes, bytes]],
-        body: bytes,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """The status, headers (without the server's defaults) and body of the response."""
-        ...
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -82,7 +62,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 30.0
     max_header_bytes = 64 * 1024
-    direct: DirectHandler | None = None
+    direct: DirectRequests | None = None
     _deadline: asyncio.TimerHandle | None = None
     #: A request to answer directly once its body is in.
     _unanswered: RequestResponseCycle | None = None
@@ -125,7 +105,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._reading = _IDLE
             return
         self._reading = _BODY
-        cycle.transport = cast(asyncio.Transport, _OneWrite(cycle))  # a stand-in
+        if cycle is not self._unanswered:  # the app's to answer: one write per response
+            cycle.transport = cast(asyncio.Transport, _OneWrite(cycle))  # a stand-in
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -309,7 +290,7 @@ class _OneWrite:
 
 
 def guarded_http_protocol(
-    limits: NetLimits, direct: DirectHandler | None = None
+    limits: NetLimits, direct: DirectRequests | None = None
 ) -> type[asyncio.Protocol]:
     """:class:`GuardedHttpToolsProtocol` with ``limits``, answering what ``direct``
     takes itself, for ``uvicorn.Config(http=...)``."""

@@ -520,7 +520,7 @@ class Worker:
     async def _resend(self) -> None:
         """After a welcome: re-send unacked results and pending frees."""
         for finished in list(self._unacked.values()):
-            self._log(logging.INFO, "re-sending result", "resend", attempt=_attempt_text(finished))
+            self._log(logging.INFO, "re-sending result", "resend", attempt=finished)
             await self._send(finished)
         frees, self._pending_free = self._pending_free, []
         for free in frees:
@@ -650,7 +650,7 @@ class Worker:
             return True
         ref = _ref(assign)
         if self._stop_requested.is_set():
-            self._log(logging.INFO, "handing back", "handback", attempt=_attempt_text(ref))
+            self._log(logging.INFO, "handing back", "handback", attempt=ref)
             await self._checkout(ref)
             return False
         known = self._unacked.get(ref) or (
@@ -666,7 +666,7 @@ class Worker:
         else:
             assert self._running is not None  # else it would be startable
             refusal = f"worker {self.id} is busy with {_attempt_text(self._running.ref)}"
-        self._log(logging.WARNING, "refusing an assignment", "refuse", attempt=_attempt_text(ref))
+        self._log(logging.WARNING, "refusing an assignment", "refuse", attempt=ref)
         await self._report(ref, Outcome.failure(refusal))
         return True
 
@@ -689,8 +689,8 @@ class Worker:
 
     def _on_ack(self, ack: Ack) -> None:
         ref = _ref(ack)
-        if self._unacked.pop(ref, None) is not None and log.isEnabledFor(logging.DEBUG):
-            self._log(logging.DEBUG, "result acknowledged", "ack", attempt=_attempt_text(ref))
+        if self._unacked.pop(ref, None) is not None:
+            self._log(logging.DEBUG, "result acknowledged", "ack", attempt=ref)
         if not self._unacked:
             self._all_acked.set()
 
@@ -699,9 +699,7 @@ class Worker:
         if self._running is None or self._running.ref != ref:
             self._log(logging.DEBUG, "cancel of an attempt not running", "cancel_ignored")
             return
-        self._log(
-            logging.INFO, "cancelling", "cancel", attempt=_attempt_text(ref), reason=cancel.reason
-        )
+        self._log(logging.INFO, "cancelling", "cancel", attempt=ref, reason=cancel.reason)
         await self.sandbox.cancel(cancel.reason)
 
     def _on_error(self, error: Error, url: str) -> None:
@@ -729,8 +727,7 @@ class Worker:
 
     async def _execute(self, assign: Assign, ref: AttemptRef) -> None:
         timeout = self._timeout(assign.timeout_s)
-        if log.isEnabledFor(logging.DEBUG):  # a per-task line: built only when it is kept
-            self._log(logging.DEBUG, "running", "run", attempt=_attempt_text(ref), timeout=timeout)
+        self._log(logging.DEBUG, "running", "run", attempt=ref, timeout=timeout)
         try:
             payload = msgspec.json.decode(assign.payload)
         except msgspec.DecodeError as exc:
@@ -762,7 +759,7 @@ class Worker:
                 logging.INFO,
                 "handed-back attempt ended",
                 "handback_done",
-                attempt=_attempt_text(ref),
+                attempt=ref,
             )
             return
         await self._report(ref, outcome)
@@ -784,19 +781,16 @@ class Worker:
             self._busy_watch = asyncio.create_task(
                 self._watch_lingering(finished, outcome.lingering)
             )
-        # per-task lines cost more than the task itself for small tasks: debug level,
-        # and built only when it is kept
-        level = logging.DEBUG if outcome.ok else logging.WARNING
-        if log.isEnabledFor(level):
-            self._log(
-                level,
-                "attempt finished",
-                "finished",
-                attempt=_attempt_text(ref),
-                ok=outcome.ok,
-                error=outcome.error and outcome.error.splitlines()[0],
-                busy=finished.busy,
-            )
+        # per-task lines cost more than the task itself for small tasks: debug level
+        self._log(
+            logging.DEBUG if outcome.ok else logging.WARNING,
+            "attempt finished",
+            "finished",
+            attempt=ref,
+            ok=outcome.ok,
+            error=outcome.error and outcome.error.splitlines()[0],
+            busy=finished.busy,
+        )
         await self._send(finished)
 
     async def _watch_lingering(self, finished: Finished, lingering: Awaitable[None]) -> None:
@@ -806,9 +800,7 @@ class Worker:
             log.exception("lingering code failed", extra={"action": "free", "worker": self.id})
         self._busy = None
         free = Free(group=finished.group, id=finished.id, attempt=finished.attempt)
-        self._log(
-            logging.INFO, "abandoned code returned: pod free", "free", attempt=_attempt_text(free)
-        )
+        self._log(logging.INFO, "abandoned code returned: pod free", "free", attempt=free)
         if not await self._send(free):
             self._pending_free.append(free)
 
@@ -858,7 +850,7 @@ class Worker:
             logging.WARNING,
             "drain timeout: handing back",
             "handback",
-            attempt=_attempt_text(running.ref),
+            attempt=running.ref,
         )
         await self._checkout(running.ref)
         await self.sandbox.cancel("worker stopping")
@@ -896,8 +888,20 @@ class Worker:
             self.state = WorkerState.STOPPED
             self._log(logging.INFO, "worker stopped", "stopped")
 
-    def _log(self, level: int, message: str, action: str, **fields: Any) -> None:
+    def _log(
+        self,
+        level: int,
+        message: str,
+        action: str,
+        *,
+        attempt: AttemptRef | Assign | Finished | Free | None = None,
+        **fields: Any,
+    ) -> None:
+        """Log ``message`` with the worker's fields; ``attempt`` is named in the line,
+        which is built only when ``level`` is kept (per-task lines are debug lines)."""
         if log.isEnabledFor(level):
+            if attempt is not None:
+                fields["attempt"] = _attempt_text(attempt)
             log.log(level, message, extra={"action": action, "worker": self.id, **fields})
 
 
