@@ -78,7 +78,7 @@ def _journal(path: str, journal: str) -> Callable[[bytes], None]:
 
 
 async def _master(args: argparse.Namespace) -> None:
-    from mawex.master.busy_poll import BusyPoll
+    from mawex.busy_poll import BusyPoll
 
     commit = _journal(args.db, args.journal)
     poll = BusyPoll(args.busy_poll) if args.busy_poll else None

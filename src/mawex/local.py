@@ -20,11 +20,11 @@ from mawex.addresses import (
     master_url,
     parse_listen,
 )
+from mawex.busy_poll import check_window
 from mawex.core.decide import Limits
 from mawex.errors import ConfigError
 from mawex.journal import open_journal
 from mawex.journal.base import Journal
-from mawex.master.busy_poll import check_window
 from mawex.master.engine import Engine, EngineSettings
 from mawex.server.app import create_app
 from mawex.server.http_protocol import guarded_http_protocol

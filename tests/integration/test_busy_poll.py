@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
 import mawex
+from mawex.busy_poll import BusyPoll
 from mawex.core.decide import NewTask
 from mawex.errors import ConfigError
 from mawex.journal import open_journal
-from mawex.master.busy_poll import BusyPoll
 from mawex.master.engine import Engine, EngineSettings
 
 
@@ -41,6 +43,40 @@ async def test_a_kick_keeps_the_loop_polling_for_the_window_then_it_sleeps() -> 
     poll.kick()  # a kick while polling moves the deadline, it adds no second poller
     await _until(lambda: not poll.polling)
     assert poll.seconds >= spent + 0.05
+
+
+async def test_a_poll_yields_the_cpu_only_while_the_loop_is_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    yields = 0
+
+    def counted_yield() -> None:
+        nonlocal yields
+        yields += 1
+
+    monkeypatch.setattr(os, "sched_yield", counted_yield)
+    poll = BusyPoll(0.02)
+    poll.kick()
+    await _until(lambda: not poll.polling)
+    assert yields > poll.polls // 2, (yields, poll.polls)  # idle: (nearly) every poll yields
+
+    loop = asyncio.get_running_loop()
+    busy_until = time.monotonic() + 0.04  # busy past the window
+
+    def work() -> None:  # a loop with work: every iteration runs this for 50 µs
+        spin_until = time.monotonic() + 50e-6
+        while time.monotonic() < spin_until:
+            pass
+        if time.monotonic() < busy_until:
+            loop.call_soon(work)
+
+    yields = 0
+    polls_before = poll.polls
+    loop.call_soon(work)
+    poll.kick()
+    await _until(lambda: not poll.polling and time.monotonic() > busy_until)
+    busy_polls = poll.polls - polls_before
+    assert busy_polls > 20 and yields <= 2, (busy_polls, yields)
 
 
 @pytest.mark.parametrize("window", [0.0, -0.001, 1.5, float("nan")])

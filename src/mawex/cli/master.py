@@ -8,8 +8,8 @@ import signal
 
 import click
 
+from mawex.busy_poll import MAX_WINDOW_S
 from mawex.cli.options import log_options, option, run_async, token_option
-from mawex.master.busy_poll import MAX_WINDOW_S
 
 log = logging.getLogger("mawex.master")
 

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
+from mawex.busy_poll import BusyPoll
 from mawex.core import decide, dispatch, timers, views
 from mawex.core import events as ev
 from mawex.core.state import MasterState, WorkerInfo, collector_paused
 from mawex.errors import FencedOut, JournalError, MawexError, NotFound, NotLeader
 from mawex.journal.base import LEADER, STANDBY, Journal, Lease, Member, Record, Snapshot
-from mawex.master.busy_poll import BusyPoll
 from mawex.master.topic import Topic
 from mawex.model import TaskStatus
 from mawex.wire import worker as wire
@@ -69,7 +69,7 @@ class EngineSettings:
     gc_freeze: bool = False
     #: After each turn that changed the state (a task accepted, dispatched, finished,
     #: ...; not a heartbeat or a read), keep the event loop polling this many seconds
-    #: instead of sleeping (:mod:`mawex.master.busy_poll`): a request or a worker's
+    #: instead of sleeping (:mod:`mawex.busy_poll`): a request or a worker's
     #: message arriving meanwhile skips the wake-up of an idle process. Lower
     #: round-trip latency for up to one core of CPU while traffic is sparse. 0: off.
     busy_poll_s: float = 0.0
