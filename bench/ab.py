@@ -13,16 +13,19 @@ Run::
         roundtrip.py --journal sqlite-normal --busy-poll 0.0005 --tasks 2000 --timeline
     .venv/bin/python bench/ab.py /tmp/before . -- appends.py --journal sqlite
     git worktree remove /tmp/before
+    .venv/bin/python bench/ab.py . . --b-args "--worker-busy-poll 0.002" -- roundtrip.py
 
 The script (``roundtrip.py`` or ``appends.py``, from this checkout) gets ``--src``
-for each side; every other argument after ``--`` is passed on. Exit code 0 when every
-run succeeded, 2 otherwise (its output is printed).
+for each side; every other argument after ``--`` is passed on, and ``--a-args`` /
+``--b-args`` add arguments to one side only (one checkout with and without an
+option). Exit code 0 when every run succeeded, 2 otherwise (its output is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -49,6 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("a", help="the 'before' checkout (or its src/)")
     parser.add_argument("b", help="the 'after' checkout (or its src/)")
     parser.add_argument("--pairs", type=int, default=3, help="A B B A rounds")
+    parser.add_argument("--a-args", default="", help="more arguments for A's runs only")
+    parser.add_argument("--b-args", default="", help="more arguments for B's runs only")
     args = parser.parse_args(argv)
     if not rest or rest[0] not in SCRIPTS:
         parser.error(f"after --, name the script to run: one of {', '.join(SCRIPTS)}")
@@ -104,16 +109,18 @@ def print_steps(a: dict[str, float], b: dict[str, float]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args, script = parse_args(argv)
     sides = {"A": checkout_of(args.a), "B": checkout_of(args.b)}
+    extra = {"A": shlex.split(args.a_args), "B": shlex.split(args.b_args)}
     figures: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     steps: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     for pair in range(1, args.pairs + 1):
         for side in "ABBA":
             print(f"pair {pair}, {side} ({sides[side]}):", flush=True)
-            run_figures, run_steps = run_once(sides[side], script)
+            run_figures, run_steps = run_once(sides[side], [*script, *extra[side]])
             figures[side].append(run_figures)
             if run_steps:
                 steps[side].append(run_steps)
-    print(f"\nmedians of {args.pairs * 2} runs a side: A {sides['A']}, B {sides['B']}")
+    labels = {side: " ".join((str(sides[side]), *extra[side])) for side in "AB"}
+    print(f"\nmedians of {args.pairs * 2} runs a side: A {labels['A']}, B {labels['B']}")
     a, b = medians(figures["A"]), medians(figures["B"])
     print(f"  {'figure':12} {'A':>10} {'B':>10} {'B - A':>10}")
     for key in a:
