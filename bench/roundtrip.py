@@ -5,8 +5,10 @@ on loopback; after ``--warmup`` unmeasured calls, ``--tasks`` calls of ``run()``
 after another (submit and wait in one request). Prints p50/p99/mean in ms and the CPU
 (user + system, all threads) each process spent per task. ``--busy-poll S`` runs the
 master with ``--busy-poll S`` (it keeps polling S seconds after each turn);
-``--inline`` the worker with ``--sandbox-inline``; ``--unix`` has the worker and the
-client reach the master on a Unix socket (``--listen unix:PATH``) instead of TCP.
+``--client-busy-poll S`` makes the client with ``busy_poll=S`` (it awaits each
+reply without sleeping for S seconds); ``--inline`` runs the worker with
+``--sandbox-inline``; ``--unix`` has the worker and the client reach the master on
+a Unix socket (``--listen unix:PATH``) instead of TCP.
 
 ``--timeline`` also prints where the time of a median round trip goes: each
 process records timestamps at its steps (``bench/timeline_probe``; about a
@@ -66,6 +68,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="mawex master --busy-poll: seconds it keeps polling after each turn",
     )
+    add(
+        "--client-busy-poll",
+        type=float,
+        default=0.0,
+        help="the client's busy_poll: seconds it awaits each reply without sleeping",
+    )
     add("--inline", action="store_true", help="mawex worker --sandbox-inline")
     add("--unix", action="store_true", help="the worker and the client on a Unix socket")
     add("--samples", default=None, help="write each call's start (s) and round trip (ms) here")
@@ -86,8 +94,10 @@ def measure(
     samples: list[float] = []
     clock = time.perf_counter
     starts: list[float] = []  # when each measured call began, for --samples
+    # only when asked: a checkout older than the option (--src) runs without it
+    polling = {"busy_poll": args.client_busy_poll} if args.client_busy_poll else {}
     if args.client == "sync":
-        with mawex.Client(url, timeout=30) as client:
+        with mawex.Client(url, timeout=30, **polling) as client:
             for task_id in ids:
                 client.run(GROUP, None, id=task_id, timeout=30)
             before, own = cpu(), time.process_time()
@@ -100,7 +110,7 @@ def measure(
     else:
 
         async def go() -> tuple[list[float], list[float], float]:
-            async with mawex.AsyncClient(url, timeout=30) as client:
+            async with mawex.AsyncClient(url, timeout=30, **polling) as client:
                 for task_id in ids:
                     await client.run(GROUP, None, id=task_id, timeout=30)
                 before, own = cpu(), time.process_time()
@@ -194,10 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe.write()
             steps = _timeline(workdir / "timeline", args.tasks)
     n = len(samples)
+    polling = f"client-busy-poll {args.client_busy_poll * 1e6:.0f} us " * bool(
+        args.client_busy_poll
+    )
     master_us, worker_us = (c / n * 1e6 for c in cpu)
     print(
         f"git {git_describe(checkout)} journal {args.journal} "
         f"client {args.client} pods {args.pods} busy-poll {args.busy_poll * 1e6:.0f} us "
+        f"{polling}"
         f"{'inline ' if args.inline else ''}{'unix ' if args.unix else ''}tasks {n}: "
         f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms p99 {percentile(samples, 0.99) * 1e3:.3f} "
         f"ms mean {sum(samples) / n * 1e3:.3f} ms | CPU per task: master {master_us:.0f} us, "

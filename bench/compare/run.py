@@ -239,6 +239,7 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
         "mawex_journal": args.mawex_journal,
         "mawex_concurrency": args.mawex_concurrency,
         "mawex_in_flight": args.mawex_in_flight,
+        "mawex_client_busy_poll": args.mawex_client_busy_poll,
         "pg_url": args.pg_url,
         "dramatiq_threads": args.dramatiq_threads,
         "dramatiq_poll_ms": args.dramatiq_poll_ms,
@@ -434,6 +435,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="pods per worker process (mawex worker --concurrency)",
     )
     group.add_argument("--mawex-in-flight", type=int, default=256, help="submit() calls in flight")
+    group.add_argument(
+        "--mawex-client-busy-poll",
+        type=float,
+        default=0.0,
+        help="busy_poll of the round trips' mawex.Client (seconds; 0: off)",
+    )
     group.add_argument(
         "--pg-url", default=os.environ.get("MAWEX_BENCH_POSTGRESQL", DEFAULT_PG), help="mawex-pg"
     )

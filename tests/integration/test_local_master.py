@@ -183,6 +183,35 @@ async def test_run_submits_and_waits_in_one_request(master: LocalMaster) -> None
         failing.stop()
 
 
+async def test_both_clients_with_busy_poll(master: LocalMaster) -> None:
+    """Clients that await replies without sleeping: same answers, failures and waits."""
+    pool = await _workers(master, "mawex.examples.demo:echo", "bp", "pod-bp")
+    failing = await _workers(master, "mawex.examples.demo:fail", "bpf", "pod-bpf")
+    try:
+        async with mawex.AsyncClient(master.url, busy_poll=0.002) as client:
+            for n in range(20):
+                assert await client.run("bp", {"n": n}, timeout=10) == {"n": n}
+            with pytest.raises(mawex.TaskFailed, match="fails on purpose"):
+                await client.run("bpf", None, max_attempts=1, timeout=10)
+            with pytest.raises(mawex.ResultTimeout):  # longer than the window: still waited
+                await client.run("nobody", 1, id="bq1", timeout=0.3)
+
+        def in_a_thread() -> list[object]:
+            with mawex.Client(master.url, busy_poll=0.002) as sync:
+                results: list[object] = [sync.run("bp", [n], timeout=10) for n in range(20)]
+                with pytest.raises(mawex.TaskFailed):
+                    sync.run("bpf", None, max_attempts=1, timeout=10)
+                with pytest.raises(mawex.ResultTimeout):
+                    sync.run("nobody", 1, id="bq2", timeout=0.3)
+                results.append(sync.get("nobody", "bq2").status)
+                return results
+
+        assert await asyncio.to_thread(in_a_thread) == [[n] for n in range(20)] + ["pending"]
+    finally:
+        pool.stop()
+        failing.stop()
+
+
 async def test_a_subscriber_that_leaves_a_quiet_stream_is_let_go(master: LocalMaster) -> None:
     url = master.url.replace("http", "ws") + "/v1/results/stream?from=0"
     streams = [await connect(url) for _ in range(5)]

@@ -7,7 +7,9 @@ the local sandbox, each process with ``--concurrency`` pods.
 The client is ``mawex.AsyncClient``: single ``submit()`` calls with many in
 flight, results read from the result topic (``client.results()``). Round trips use
 the blocking ``mawex.Client.run()`` (submit and wait in one request), one call after
-another from one thread, as the peers' blocking clients are used. The ``-busy``
+another from one thread, as the peers' blocking clients are used; with
+``--mawex-client-busy-poll S`` that client awaits each reply without sleeping for S
+seconds (``mawex.Client(busy_poll=S)``), in every variant. The ``-busy``
 variants run the master with ``--busy-poll`` (:data:`BUSY_POLL` seconds); in the
 ``-unix`` variants the workers and the clients reach the master on a Unix socket
 (``--listen unix:PATH``), to set beside peers on a Redis of a Unix socket
@@ -53,6 +55,7 @@ class Mawex(AsyncSystem):
         opts = settings.options
         self.mode = self.journal_mode or str(opts.get("mawex_journal", "sqlite"))
         self.in_flight = int(opts.get("mawex_in_flight", 256))
+        self.client_busy_poll = float(opts.get("mawex_client_busy_poll") or 0.0)
         self.concurrency = max(1, int(opts.get("mawex_concurrency", 32)))
         self.journal = JournalSetup(self.mode, settings.workdir, str(opts.get("pg_url", "")))
         self.url = ""  # what the workers and the clients use
@@ -70,14 +73,17 @@ class Mawex(AsyncSystem):
         sandbox = "--sandbox-inline" if self.inline else "local sandbox"
         where = ", on a Unix socket" if self.unix else ""
         return {
-            "summary": f"1 master ({journal}{busy}{where}), {n} workers x {c} pods",
+            "summary": f"1 master ({journal}{busy}{where}), {n} workers x {c} pods"
+            + (f", client busy_poll {self.client_busy_poll}" if self.client_busy_poll else ""),
             "worker": f"{n} x mawex worker {EXECUTOR} --concurrency {c} ({sandbox})",
             "result": (
                 f"AsyncClient: {self.in_flight} submit() in flight, results() follow; "
                 "round trips: Client.run()"
+                + (f" with busy_poll={self.client_busy_poll}" if self.client_busy_poll else "")
             ),
             "journal": self.mode,
             "busy_poll": self.busy_poll,
+            "client_busy_poll": self.client_busy_poll,
             "inline": self.inline,
             "unix": self.unix,
             "concurrency": c,
@@ -189,7 +195,8 @@ class Mawex(AsyncSystem):
 
     def round_trips(self, count: int, tag: str) -> list[float]:
         clock, samples = time.perf_counter, []
-        with mawex.Client(self.url, timeout=RESULT_TIMEOUT) as client:
+        polling = {"busy_poll": self.client_busy_poll} if self.client_busy_poll else {}
+        with mawex.Client(self.url, timeout=RESULT_TIMEOUT, **polling) as client:
             for i in range(count):
                 started = clock()
                 client.run(GROUP, None, id=f"{tag}-{i}", timeout=RESULT_TIMEOUT)

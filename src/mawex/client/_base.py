@@ -29,6 +29,7 @@ import httpx
 import msgspec
 
 from mawex.addresses import master_url, socket_path
+from mawex.busy_poll import check_window
 from mawex.errors import (
     ConfigError,
     MawexError,
@@ -142,6 +143,17 @@ def refuse_unix_with_transport(urls: Sequence[str]) -> None:
                 f"{url} is a Unix socket: the client reaches it on its own connections, "
                 "not through a given httpx transport"
             )
+
+
+def check_busy_poll(busy_poll: float, transport: object) -> float:
+    """``busy_poll`` if it is a usable window (seconds) for a client with ``transport``."""
+    try:
+        check_window(busy_poll)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if busy_poll and transport is not None:
+        raise ConfigError("busy_poll needs the client's own connections, not an httpx transport")
+    return busy_poll
 
 
 def parse_masters(masters: str | Sequence[str]) -> list[str]:

@@ -12,6 +12,13 @@ A connection carries one request at a time. A request that fails on a reused
 connection before any byte of its response arrived is sent again once on a new
 connection (the server may have closed an idle connection just then); every
 mawex request is idempotent, so this is safe.
+
+With ``busy_poll``, a request's response is awaited without sleeping for that many
+seconds: the blocking pool reads its socket without blocking, yielding the CPU
+between tries, and the asyncio pool keeps its event loop polling
+(:mod:`mawex.busy_poll`). A response that comes within the window finds the client
+awake: no wake-up of an idle process, and a CPU kept busy wakes the others on it
+(the master's worker, on a small machine) without an interrupt either.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import abc
 import asyncio
 import contextlib
 import functools
+import os
 import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from typing import cast
 from urllib.parse import unquote, urlencode, urlsplit
@@ -32,6 +41,7 @@ import httptools
 import httpx
 
 from mawex.addresses import UNIX_SCHEME
+from mawex.busy_poll import BusyPoll
 
 #: Connections kept per master; more requests in flight wait for one.
 MAX_CONNECTIONS = 32
@@ -317,7 +327,8 @@ class _Pool(abc.ABC):
 
     ``headers`` go with every request (authorization, user agent); ``ssl_context``
     is used for ``https`` URLs; ``timeout`` is the default when a request gives none;
-    at most ``max_connections`` are open to one master.
+    at most ``max_connections`` are open to one master; ``busy_poll`` seconds each
+    response is awaited without sleeping (0: off; see the module docstring).
     """
 
     def __init__(
@@ -327,6 +338,7 @@ class _Pool(abc.ABC):
         ssl_context: ssl.SSLContext | None = None,
         timeout: httpx.Timeout | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        busy_poll: float = 0.0,
     ) -> None:
         #: Sent with every request.
         self.headers = dict(headers or {})
@@ -335,6 +347,8 @@ class _Pool(abc.ABC):
         #: Used by requests that give no timeout of their own.
         self.timeout = timeout or httpx.Timeout(10.0)
         self._max = max_connections
+        #: Seconds a response is awaited without sleeping (0: off).
+        self.busy_poll = busy_poll
         #: True once the pool was closed.
         self.is_closed = False
         self._init_connections()
@@ -350,6 +364,7 @@ class LeanHttp(_Pool):
 
     def _init_connections(self) -> None:
         self._origins: dict[Origin, _Origin] = {}
+        self._poller = BusyPoll(self.busy_poll) if self.busy_poll else None
 
     async def request(
         self,
@@ -382,6 +397,8 @@ class LeanHttp(_Pool):
         try:
             for attempt in range(2):
                 connection = await self._connection(origin, key, limits)
+                if self._poller is not None:
+                    self._poller.kick()
                 try:
                     status, raw_headers, payload, keep = await connection.roundtrip(
                         data, limits.read
@@ -450,10 +467,11 @@ class _BlockingConnection(_ResponseParts):
         self.sock = sock
 
     def roundtrip(
-        self, data: bytes, limits: httpx.Timeout
+        self, data: bytes, limits: httpx.Timeout, busy_poll: float = 0.0
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         """Send ``data`` (a whole request); the response's status, headers, body and
-        whether the connection may carry another request."""
+        whether the connection may carry another request. The response's first bytes
+        are awaited without sleeping for ``busy_poll`` seconds."""
         sock = self.sock
         parser = self._expect_response()
         try:
@@ -465,9 +483,14 @@ class _BlockingConnection(_ResponseParts):
         except OSError as exc:  # the server closed it (a reused connection: sent again)
             raise self._closed_early(str(exc) or type(exc).__name__) from None
         try:
-            sock.settimeout(limits.read)
+            early, waited = _read_awake(sock, busy_poll, limits.read) if busy_poll else (None, 0.0)
+            # the first byte's wait is the read timeout, polling included
+            sock.settimeout(None if limits.read is None else limits.read - waited)
             while not self._complete:
-                chunk = sock.recv(READ_SIZE)
+                if early is None:
+                    chunk = sock.recv(READ_SIZE)
+                else:
+                    chunk, early = early, None
                 if not chunk:
                     raise self._closed_early("the server closed the connection")
                 self._started = True
@@ -492,6 +515,27 @@ class _BlockingConnection(_ResponseParts):
         self.closed = True
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _read_awake(
+    sock: socket.socket, window: float, timeout: float | None
+) -> tuple[bytes | None, float]:
+    """What ``sock`` receives within ``window`` seconds, tried without blocking and
+    yielding the CPU between tries, or (None, the seconds waited); TimeoutError if
+    ``timeout`` comes first."""
+    started = time.monotonic()
+    until = started + (window if timeout is None else min(window, timeout))
+    sock.setblocking(False)
+    while True:
+        try:
+            return sock.recv(READ_SIZE), 0.0
+        except (BlockingIOError, ssl.SSLWantReadError):
+            now = time.monotonic()
+            if now >= until:
+                if timeout is not None and now - started >= timeout:
+                    raise TimeoutError from None
+                return None, now - started
+            os.sched_yield()
 
 
 class LeanHttpSync(_Pool):
@@ -536,7 +580,9 @@ class LeanHttpSync(_Pool):
             for attempt in range(2):
                 connection = self._connection(key, limits)
                 try:
-                    status, raw_headers, payload, keep = connection.roundtrip(data, limits)
+                    status, raw_headers, payload, keep = connection.roundtrip(
+                        data, limits, self.busy_poll
+                    )
                 except _StaleConnection:
                     if connection.served and attempt == 0:
                         continue

@@ -30,6 +30,7 @@ from mawex.client._base import (
     Sleep,
     Submission,
     SubmitReceipt,
+    check_busy_poll,
     http_options,
     refuse_unix_with_transport,
     submission,
@@ -78,8 +79,10 @@ class AsyncClient:
         timeout: float | None = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         failover_timeout: float = FAILOVER_TIMEOUT,
+        busy_poll: float = 0.0,
     ) -> None:
         self._core = ClientCore(masters, timeout=timeout, failover_timeout=failover_timeout)
+        busy_poll = check_busy_poll(busy_poll, transport)
         if transport is not None:
             refuse_unix_with_transport(self._core.failover.urls)
         options = http_options(token=token, ca=ca, timeout=timeout)
@@ -89,6 +92,7 @@ class AsyncClient:
                 headers=options["headers"],
                 ssl_context=options.get("verify"),
                 timeout=options["timeout"],
+                busy_poll=busy_poll,
             )
         else:
             self._http = httpx.AsyncClient(transport=transport, **options)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+import mawex
 import mawex.client
 from mawex.client._base import (
     Attempt,
@@ -62,6 +63,21 @@ def test_parse_masters(masters: Any, urls: list[str]) -> None:
 def test_parse_masters_rejects(masters: Any) -> None:
     with pytest.raises(ConfigError):
         parse_masters(masters)
+
+
+@pytest.mark.parametrize("cls", [mawex.Client, mawex.AsyncClient])
+@pytest.mark.parametrize("window", [-0.001, 1.5, float("nan")])
+def test_a_client_refuses_a_bad_busy_poll_window(cls: Any, window: float) -> None:
+    with pytest.raises(ConfigError, match="busy-poll window"):
+        cls("http://a:1", busy_poll=window)
+
+
+def test_busy_poll_needs_the_clients_own_connections() -> None:
+    with pytest.raises(ConfigError, match="busy_poll"):
+        mawex.Client("http://a:1", busy_poll=0.001, transport=httpx.MockTransport(print))
+    with pytest.raises(ConfigError, match="busy_poll"):
+        mawex.AsyncClient("http://a:1", busy_poll=0.001, transport=httpx.MockTransport(print))
+    mawex.Client("http://a:1", busy_poll=0, transport=httpx.MockTransport(print)).close()
 
 
 def response(status: int, body: Any = None, text: str | None = None) -> httpx.Response:

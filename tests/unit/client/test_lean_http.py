@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -363,3 +364,90 @@ async def test_a_response_reads_like_any_httpx_response(make: MakePool) -> None:
     assert response.json() == {"ok": True}
     assert str(response.request.url) == f"{server.url}/v1/state?a=1"
     assert response.request.method == "GET"
+
+
+# -- busy_poll: replies awaited without sleeping -------------------------------------------
+
+
+async def scripted_by_path(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    """/now answers at once, /late after 50 ms, /halves in two writes 30 ms apart,
+    /close closes without a byte."""
+    path = request.split(b" ", 2)[1]
+    if path.startswith(b"/late"):
+        await asyncio.sleep(0.05)
+    elif path.startswith(b"/halves"):
+        whole = ok(b'{"halves":true}')
+        writer.write(whole[:20])
+        await writer.drain()
+        await asyncio.sleep(0.03)
+        writer.write(whole[20:])
+        return True
+    elif path.startswith(b"/close"):
+        return False
+    writer.write(ok(b'{"path":"' + path + b'"}'))
+    return True
+
+
+@pytest.mark.parametrize("window", [0.001, 0.5])
+async def test_busy_poll_reads_a_reply_within_or_past_its_window(
+    make: MakePool, window: float
+) -> None:
+    async with serve(scripted_by_path) as server:
+        http = make(busy_poll=window)
+        for path in ("/now", "/late", "/now", "/halves", "/late"):
+            response = await http.request("GET", f"{server.url}{path}")
+            assert response.status_code == 200
+            assert response.json() == ({"halves": True} if path == "/halves" else {"path": path})
+        with pytest.raises(httpx.RequestError):
+            await http.request("GET", f"{server.url}/close")
+        assert (await http.request("GET", f"{server.url}/now")).json() == {"path": "/now"}
+        with pytest.raises(httpx.ReadTimeout):  # the read timeout still holds past the window
+            await http.request("GET", f"{server.url}/late", timeout=httpx.Timeout(0.02))
+        await http.aclose()
+    assert server.connections == 3  # one more after /close, one after the timeout
+
+
+async def test_busy_poll_over_tls(make: MakePool) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    async with serve(scripted_by_path, server_context) as server:
+        http = make(ssl_context=trusted, busy_poll=0.5)
+        for path in ("/now", "/late", "/halves"):
+            assert (await http.request("GET", f"{server.url}{path}")).status_code == 200
+        await http.aclose()
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("window", [0.0, 0.5])
+async def test_busy_poll_keeps_the_waiting_caller_on_the_cpu(make: MakePool, window: float) -> None:
+    """Without it a caller sleeps while it waits; with it, it polls (and uses CPU)."""
+
+    async def after_200_ms(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.2)
+        writer.write(ok())
+        return True
+
+    async with serve(after_200_ms) as server:
+        pool = make(busy_poll=window)
+        url = f"{server.url}/"
+        if isinstance(pool.http, LeanHttp):  # the loop (the server's too) polls or sleeps
+            started = time.thread_time()
+            await pool.request("GET", url)
+            cpu = time.thread_time() - started
+        else:  # the calling thread polls its socket or blocks on it
+
+            def timed() -> float:
+                started = time.thread_time()
+                assert isinstance(pool.http, LeanHttpSync)
+                pool.http.request("GET", url)
+                return time.thread_time() - started
+
+            cpu = await asyncio.to_thread(timed)
+        await pool.aclose()
+    if window:
+        assert cpu > 0.05, cpu
+    else:
+        assert cpu < 0.02, cpu
