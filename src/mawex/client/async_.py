@@ -53,6 +53,10 @@ class AsyncClient:
     :class:`mawex.Unavailable`. ``timeout`` bounds each HTTP request, ``token`` is
     sent as ``Authorization: Bearer``, ``ca`` is a CA bundle for private TLS and
     ``transport`` an httpx transport (tests).
+    ``busy_poll`` (seconds, up to 1; 0 is off) keeps the event loop polling for that
+    long after each request is sent instead of sleeping: a lower round trip for calls
+    of a few milliseconds, paid in CPU while the loop waits (see
+    ``docs/operations.md``, Latency).
 
     Concurrent :meth:`submit` calls are coalesced, with no timer: a call made while
     nothing is in flight is sent at once (with any others made in the same event-loop

@@ -54,6 +54,10 @@ class Client:
     :class:`mawex.Unavailable`. ``timeout`` bounds each HTTP request, ``token`` is
     sent as ``Authorization: Bearer``, ``ca`` is a CA bundle for private TLS and
     ``transport`` an httpx transport (tests).
+    ``busy_poll`` (seconds, up to 1; 0 is off) has the client await each reply
+    without sleeping for that long, reading its socket without blocking and yielding
+    the CPU between tries: a lower round trip for calls of a few milliseconds, paid
+    in the caller's CPU while it waits (see ``docs/operations.md``, Latency).
 
     A client may be shared by threads. Their :meth:`submit` calls are then coalesced:
     a call made while no other is in flight is sent at once; calls made while one is
