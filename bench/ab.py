@@ -13,7 +13,7 @@ Run::
         roundtrip.py --journal sqlite-normal --busy-poll 0.0005 --tasks 2000 --timeline
     .venv/bin/python bench/ab.py /tmp/before . -- appends.py --journal sqlite
     git worktree remove /tmp/before
-    .venv/bin/python bench/ab.py . . --b-args "--worker-busy-poll 0.002" -- roundtrip.py
+    .venv/bin/python bench/ab.py . . --b-args "--client-busy-poll 0.002" -- roundtrip.py
 
 The script (``roundtrip.py`` or ``appends.py``, from this checkout) gets ``--src``
 for each side; every other argument after ``--`` is passed on, and ``--a-args`` /

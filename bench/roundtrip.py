@@ -204,14 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe.write()
             steps = _timeline(workdir / "timeline", args.tasks)
     n = len(samples)
-    polling = f"client-busy-poll {args.client_busy_poll * 1e6:.0f} us " * bool(
-        args.client_busy_poll
+    client_poll = (
+        f"client-busy-poll {args.client_busy_poll * 1e6:.0f} us " if args.client_busy_poll else ""
     )
     master_us, worker_us = (c / n * 1e6 for c in cpu)
     print(
         f"git {git_describe(checkout)} journal {args.journal} "
         f"client {args.client} pods {args.pods} busy-poll {args.busy_poll * 1e6:.0f} us "
-        f"{polling}"
+        f"{client_poll}"
         f"{'inline ' if args.inline else ''}{'unix ' if args.unix else ''}tasks {n}: "
         f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms p99 {percentile(samples, 0.99) * 1e3:.3f} "
         f"ms mean {sum(samples) / n * 1e3:.3f} ms | CPU per task: master {master_us:.0f} us, "

@@ -6,8 +6,8 @@ virtual CPU halts and is woken by an interrupt) and runs on colder caches. A
 :class:`BusyPoll` kicked after work keeps one callback scheduled on the loop until
 its window has passed: while a callback is ready, the loop polls its sockets with a
 zero timeout, so whatever arrives in the window is handled at once. The master
-kicks it after each engine turn that changed the state, a worker when an attempt
-starts and when its result is sent.
+kicks it after each engine turn that changed the state, an ``AsyncClient`` with
+``busy_poll`` after each request it sends.
 
 A poll that finds the loop idle (the previous one came back within
 :data:`IDLE_ITERATION_S`: nothing else ran in between) yields the CPU
