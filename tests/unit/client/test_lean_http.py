@@ -321,12 +321,22 @@ async def test_unsupported_url_is_refused(make: MakePool) -> None:
         await http.request("GET", "ftp://127.0.0.1/x")
 
 
-async def test_https_with_a_private_ca(make: MakePool) -> None:
+@pytest.fixture
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server's context with a certificate for 127.0.0.1 from a private CA, and a
+    client's context that trusts that CA."""
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     trusted = ssl.create_default_context()
     ca.configure_trust(trusted)
+    return server_context, trusted
+
+
+async def test_https_with_a_private_ca(
+    make: MakePool, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, trusted = tls
     async with serve(always_ok, server_context) as server:
         http = make(ssl_context=trusted)
         assert (await http.request("GET", f"{server.url}/")).json() == {"ok": True}
@@ -407,12 +417,10 @@ async def test_busy_poll_reads_a_reply_within_or_past_its_window(
     assert server.connections == 3  # one more after /close, one after the timeout
 
 
-async def test_busy_poll_over_tls(make: MakePool) -> None:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    trusted = ssl.create_default_context()
-    ca.configure_trust(trusted)
+async def test_busy_poll_over_tls(
+    make: MakePool, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, trusted = tls
     async with serve(scripted_by_path, server_context) as server:
         http = make(ssl_context=trusted, busy_poll=0.5)
         for path in ("/now", "/late", "/halves"):
