@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 from collections.abc import Iterable
 
@@ -17,7 +16,7 @@ from mawex.master.engine import Engine
 from mawex.server import ops, results, tasks, worker_ws
 from mawex.server.limits import NetLimits, RequestGuard, refuse_websocket
 from mawex.server.responses import error_response, mawex_error_handler
-from mawex.wire.api import CACHED_QUERY_BYTES, ApiLimits, query_pairs
+from mawex.wire.api import ApiLimits, query_pairs, remembered_per_query
 
 #: No token needed: liveness only (page shells come with 401 and ask for the token).
 OPEN_PATHS = frozenset({"/healthz"})
@@ -116,14 +115,11 @@ def query_error(path: str, query: bytes) -> Rejected | None:
     """Why ``query`` is refused on ``path`` (unknown or repeated names), or None."""
     if not query or not path.startswith("/v1/"):
         return None
-    allowed = QUERY_PARAMS.get(path, _TASK_QUERY)
-    if len(query) <= CACHED_QUERY_BYTES:
-        problem = _remembered_query_problem(allowed, query)
-    else:
-        problem = _query_problem(allowed, query)
+    problem = _query_problem(QUERY_PARAMS.get(path, _TASK_QUERY), query)
     return None if problem is None else Rejected(problem)
 
 
+@remembered_per_query
 def _query_problem(allowed: frozenset[str], query: bytes) -> str | None:
     names = [name for name, _ in query_pairs(query)]
     unknown = sorted(set(names) - allowed)
@@ -133,9 +129,6 @@ def _query_problem(allowed: frozenset[str], query: bytes) -> str | None:
     if len(names) != len(set(names)):
         return "a query parameter is repeated"
     return None
-
-
-_remembered_query_problem = functools.lru_cache(maxsize=256)(_query_problem)
 
 
 class StrictQuery:

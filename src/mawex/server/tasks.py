@@ -11,7 +11,6 @@ app; ``POST /v1/tasks/batch`` and ``GET /v1/state`` are its handlers here.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from starlette.requests import Request
@@ -149,18 +148,12 @@ def error_answer(error: MawexError) -> Answer:
 
 def _wait(query: bytes) -> float:
     """The ``wait`` query parameter in seconds (0 without one)."""
-    if not query:
-        return 0.0
-    if len(query) <= api.CACHED_QUERY_BYTES:
-        return _remembered_wait(query)
-    return _parse_wait(query)
+    return _parse_wait(query) if query else 0.0
 
 
+@api.remembered_per_query
 def _parse_wait(query: bytes) -> float:
     return api.parse_seconds(dict(api.query_pairs(query)).get("wait"), "wait", MAX_WAIT_S)
-
-
-_remembered_wait = functools.lru_cache(maxsize=256)(_parse_wait)  # errors are not kept
 
 
 def _engine(request: Request) -> Engine:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import codecs
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -149,19 +150,25 @@ def parse_int(value: str | None, name: str, default: int, low: int, high: int) -
 #: the same few (``wait=30``), and longer ones are not worth the memory.
 CACHED_QUERY_BYTES = 100
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
+
+def remembered_per_query(fn: _F) -> _F:
+    """``fn``, whose positional arguments end with a query string, remembered for each
+    short query (:data:`CACHED_QUERY_BYTES`) and its other arguments; a call that
+    raises is not remembered."""
+    remembered = functools.lru_cache(maxsize=256)(fn)
+
+    def call(*args: Any) -> Any:
+        return (remembered if len(args[-1]) <= CACHED_QUERY_BYTES else fn)(*args)
+
+    return cast(_F, functools.wraps(fn)(call))
+
+
+@remembered_per_query
 def query_pairs(query: bytes) -> tuple[tuple[str, str], ...]:
     """A request's query string as (name, value) pairs, in order, blank values kept."""
-    if len(query) <= CACHED_QUERY_BYTES:
-        return _remembered_query_pairs(query)
-    return _query_pairs(query)
-
-
-def _query_pairs(query: bytes) -> tuple[tuple[str, str], ...]:
     return tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
-
-
-_remembered_query_pairs = functools.lru_cache(maxsize=256)(_query_pairs)
 
 
 def parse_flag(value: str | None, name: str) -> bool:
