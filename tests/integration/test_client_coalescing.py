@@ -182,7 +182,9 @@ async def test_failover_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> 
                 await asyncio.sleep(0.001)
             running.remove(first)
             await first.stop()  # hands the lease over; its in-flight requests may be cut
-            assert len(receipts) < count
+            # mid-stream: the rest went to the second master (its graceful shutdown may
+            # last until they all have, so the receipts cannot tell)
+            assert len(accepted_ids(first)) < count
             await callers
         assert second.engine.is_leader
         ids = sorted(r.id for r in receipts)

@@ -155,6 +155,7 @@ class Engine:
     async def start(self) -> None:
         """Open the journal, rebuild the state and start the leadership loop."""
         await self.journal.open()
+        self._stopping = False
         with collector_paused(freeze=True) if self.settings.gc_freeze else contextlib.nullcontext():
             await self._rebuild()
         self.role = "standby"
@@ -314,6 +315,8 @@ class Engine:
     # -- commands -------------------------------------------------------------------
 
     def _require_leader(self) -> None:
+        if self._stopping:  # its loop is gone or going: nothing queued now would run
+            raise NotLeader(None)
         if not self.is_leader:
             raise NotLeader(self.leader_url)
 
@@ -326,7 +329,7 @@ class Engine:
 
     def post(self, fn: Callable[[MasterState, float], Any]) -> None:
         """Like :meth:`call` without waiting for the reply."""
-        if self.is_leader:
+        if self.is_leader and not self._stopping:
             self._inbox.put(_Command(fn, None))
 
     async def submit(self, task: decide.NewTask) -> bool:
