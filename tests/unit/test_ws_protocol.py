@@ -174,6 +174,42 @@ def test_the_frames_of_one_pass_go_in_one_write() -> None:
     assert asyncio.run(scenario(batch=False)) == [[b'{"a":1}', b'{"b":2}'], [b'{"c":3}']]
 
 
+def test_a_flush_writes_the_frames_of_the_pass_at_once() -> None:
+    async def scenario(batch: bool) -> tuple[list[list[bytes]], list[list[bytes]]]:
+        app = SessionApp(batch=batch)
+        peer, session = await app.start()
+        session.flush()  # nothing queued: nothing written
+        session.send(b'{"a":1}')
+        session.send(b'{"b":2}')
+        session.flush()
+        at_once = _texts(peer.written())
+        await _turns(1)  # the end of the pass finds nothing left
+        later = _texts(peer.written())
+        await app.stop(peer)
+        return at_once, later
+
+    assert asyncio.run(scenario(batch=True)) == ([[b'[{"a":1},{"b":2}]']], [])
+    assert asyncio.run(scenario(batch=False)) == ([[b'{"a":1}', b'{"b":2}']], [])
+
+
+def test_a_flush_on_a_full_socket_leaves_the_frames_to_the_writer() -> None:
+    async def scenario() -> list[bytes]:
+        app = SessionApp(batch=False)
+        peer, session = await app.start()
+        peer.server.pause_writing()
+        session.send(b'"first"')
+        session.flush()
+        session.send(b'"second"')
+        assert peer.written() == []
+        peer.server.resume_writing()
+        await _turns()
+        texts = [text for write in _texts(peer.written()) for text in write]
+        await app.stop(peer)
+        return texts
+
+    assert asyncio.run(scenario()) == [b'"first"', b'"second"']
+
+
 def test_frames_wait_for_a_full_socket_in_order() -> None:
     async def scenario() -> list[bytes]:
         app = SessionApp(batch=False)

@@ -43,6 +43,9 @@ class Session(Protocol):
     def send(self, frame: bytes) -> None:
         """Queue a frame; never blocks."""
 
+    def flush(self) -> None:
+        """Write the frames queued so far now, if the connection can take them at once."""
+
     def close(self, code: int, reason: str) -> None:
         """Close the connection soon."""
 
@@ -118,7 +121,9 @@ class Engine:
             "lease_renewals": 0,
             "snapshots": 0,
         }
-        self.observers: list[Callable[[list[ev.Event], float], None]] = []
+        #: Called after each commit with its events, the turn's time and the seconds the
+        #: append took; soon after, not within the turn: they must never raise.
+        self.observers: list[Callable[[list[ev.Event], float, float], None]] = []
         self._inbox = _Inbox()
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -553,16 +558,25 @@ class Engine:
         events, sends = state.take_outbox()
         if events:
             try:
-                await self._commit(events, now)
+                records, seconds = await self._append(events)
             except (FencedOut, JournalError) as exc:
                 error: MawexError = NotLeader(None) if isinstance(exc, FencedOut) else exc
                 for future, _, _ in replies:
                     if not future.done():
                         future.set_exception(error)
                 raise
-        # Work for workers goes out first, then the callers' replies, then the acks of
-        # results (which hold nobody up): the order the waiting tasks are woken in.
-        acks = self._send(sends, urgent=True)
+        # Once the events are durable, work for workers is written at once, then the
+        # waiting tasks are woken in the order they matter: those waiting for a task to
+        # end (a client's answer), the observers (metrics, logs: after those answers,
+        # but before the callers' replies, which may read them), the callers. Acks of
+        # results hold nobody up: they go with work for the same worker, or at the end
+        # of the loop's pass.
+        acks = self._send_work(sends)
+        if events:
+            self.topic.publish(records)
+            self._wake_waiters(events)
+            if self.observers:
+                asyncio.get_running_loop().call_soon(self._observe, events, now, seconds)
         for future, reply, failure in replies:
             if future.done():
                 continue
@@ -570,24 +584,40 @@ class Engine:
                 future.set_exception(failure)
             else:
                 future.set_result(reply)
-        if acks:
-            self._send(sends, urgent=False)
+        for session, ack in acks:
+            session.send(wire.encode(ack))
         if state.offset - self._snapshot_offset >= self.settings.snapshot_every:
             await self.save_snapshot(trim_in_background=True)
         return bool(events)
 
-    def _send(self, sends: list[tuple[str, wire.MasterMessage]], *, urgent: bool) -> bool:
-        """Queue the urgent messages (all but acks), or the acks; whether any ack was seen."""
-        acks = False
+    def _send_work(
+        self, sends: list[tuple[str, wire.MasterMessage]]
+    ) -> list[tuple[Session, wire.Ack]]:
+        """Write the messages for workers now, with the acks for the same workers (one
+        write per worker); the other acks are returned, to be sent when nothing waits."""
         sessions = self.sessions
+        working: dict[Session, None] = {}  # in order, once each
+        acks: list[tuple[Session, wire.Ack]] = []
         for worker_id, message in sends:
-            if isinstance(message, wire.Ack) is urgent:
-                acks = True
-                continue
             session = sessions.get(worker_id)
-            if session is not None:
+            if session is None:
+                continue
+            if isinstance(message, wire.Ack):
+                acks.append((session, message))
+            else:
                 session.send(wire.encode(message))
-        return acks
+                working[session] = None
+        if not working:
+            return acks
+        later = []
+        for session, ack in acks:
+            if session in working:
+                session.send(wire.encode(ack))
+            else:
+                later.append((session, ack))
+        for session in working:
+            session.flush()
+        return later
 
     def _decide(
         self, commands: list[_Command], now: float
@@ -604,18 +634,21 @@ class Engine:
                 replies.append((command.future, reply, None))
         return replies
 
-    async def _commit(self, events: list[ev.Event], now: float) -> None:
+    async def _append(self, events: list[ev.Event]) -> tuple[list[Record], float]:
+        """Make ``events`` durable; their records and the seconds the append took."""
         records = self._records(events)
         started = time.perf_counter()
         await self.journal.append(records, self.lease.epoch if self.lease else 0)
+        seconds = time.perf_counter() - started
         self.stats["appends"] += 1
         self.stats["appended_events"] += len(records)
-        self.stats["append_seconds"] += time.perf_counter() - started
+        self.stats["append_seconds"] += seconds
         self.state.offset = records[-1].offset
-        self.topic.publish(records)
-        self._wake_waiters(events)
+        return records, seconds
+
+    def _observe(self, events: list[ev.Event], now: float, append_seconds: float) -> None:
         for observer in self.observers:
-            observer(events, now)
+            observer(events, now, append_seconds)
 
     def _records(self, events: list[ev.Event]) -> list[Record]:
         state = self.state

@@ -288,7 +288,6 @@ class EngineMetrics(Collector):
             BATCH_BUCKETS,
         )
         self.registry.register(self)
-        self._append_seconds = float(engine.stats["append_seconds"])
         # when a retried or requeued task became pending again (first attempts use accepted_at)
         self._pending_since: dict[tuple[str, str], float] = {}
         engine.observers.append(self.observe)
@@ -302,21 +301,19 @@ class EngineMetrics(Collector):
         ):
             yield histogram.collect()
 
-    def observe(self, events: list[ev.Event], now: float) -> None:
+    def observe(self, events: list[ev.Event], now: float, append_seconds: float) -> None:
         """Engine observer: called after each commit with the events it made durable.
 
         It runs inside the engine loop: it must never raise, so a bug here costs a
         histogram sample, not the master.
         """
         try:
-            self._observe(events)
+            self._observe(events, append_seconds)
         except Exception:
             log.exception("metrics observer failed", extra={"action": "metrics_error"})
 
-    def _observe(self, events: list[ev.Event]) -> None:
-        total = float(self.engine.stats["append_seconds"])
-        self.append_latency.observe(max(0.0, total - self._append_seconds))
-        self._append_seconds = total
+    def _observe(self, events: list[ev.Event], append_seconds: float) -> None:
+        self.append_latency.observe(append_seconds)
         self.batch_size.observe(len(events))
         tasks = self.engine.state.tasks
         pending_since = self._pending_since

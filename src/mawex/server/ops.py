@@ -83,7 +83,7 @@ def instrument(engine: Engine) -> None:
         engine.observers.append(log_task_events)
 
 
-def log_task_events(events: list[ev.Event], now: float) -> None:
+def log_task_events(events: list[ev.Event], now: float, append_seconds: float) -> None:
     """One log line per task lifecycle event of a commit.
 
     ``task_accepted``, ``task_dispatched`` and ``task_finished`` (completed) are at

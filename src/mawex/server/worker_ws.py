@@ -38,7 +38,8 @@ class SessionState(enum.Enum):
 
 
 class WorkerSession:
-    """Outgoing frames go out at the end of the event loop's pass that queued them.
+    """Outgoing frames go out at the end of the event loop's pass that queued them,
+    or at once when :meth:`flush` is called.
 
     On a connection that offers direct writes (:data:`~mawex.server.ws_protocol.DIRECT`),
     a checked-in session with nothing queued writes them to the socket itself, all the
@@ -76,6 +77,11 @@ class WorkerSession:
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._queue.put_nowait(frame)
+
+    def flush(self) -> None:
+        """Write the frames this pass queued now instead of at the end of the pass."""
+        if self._pending:
+            self._flush()
 
     def _flush(self) -> None:
         frames, self._pending = self._pending, []
