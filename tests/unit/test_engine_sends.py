@@ -71,15 +71,35 @@ async def test_an_assignment_is_written_within_the_turn_that_made_it_durable(
     assert session.queued == []
 
 
-async def test_acks_wait_for_the_end_of_the_pass(engine: Engine) -> None:
+async def test_an_ack_goes_after_the_answer_to_those_waiting_for_the_task(
+    engine: Engine,
+) -> None:
     session = await check_in(engine, "w1")
     await engine.submit(task("a"))
-    done = asyncio.ensure_future(engine.wait_terminal("g", "a", 10))
+
+    async def wait() -> tuple[str, list[type[wire.MasterMessage]]]:
+        view = await engine.wait_terminal("g", "a", 10)
+        return view["status"], [type(m) for m in session.queued + session.written]
+
+    waiting = asyncio.ensure_future(wait())
+    await asyncio.sleep(0)
     finished = wire.Finished(group="g", id="a", attempt=1, ok=True, result=msgspec.Raw(b"2"))
     engine.worker_message("w1", session, finished)
-    assert (await done)["status"] == "completed"
-    assert [type(m) for m in session.queued] == [wire.Ack]  # queued, not written at once
-    assert [type(m) for m in session.written] == [wire.Assign]
+    # the waiter ran before the ack was sent; once sent, it was written at once
+    assert await waiting == ("completed", [wire.Assign])
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [type(m) for m in session.written] == [wire.Assign, wire.Ack]
+    assert session.queued == []
+
+
+async def test_callers_resume_once_the_topic_has_their_events(engine: Engine) -> None:
+    await check_in(engine, "w1")
+    before = engine.topic.next
+    await engine.submit(task("a"))  # accepted, then scheduled: a topic event
+    assert engine.topic.next == before + 1
+    bodies, _ = await engine.topic.read(before, 10)
+    assert b'"type":"scheduled"' in bodies[0]
 
 
 async def test_observers_see_each_commit_before_its_callers_resume(engine: Engine) -> None:

@@ -35,3 +35,15 @@ async def test_a_publish_with_nobody_waiting_schedules_nothing() -> None:
     # a long poll that starts afterwards finds the events without being woken
     assert await asyncio.wait_for(topic.wait(2, 5.0), 1.0) is True
     assert await topic.wait(3, 0.01) is False
+
+
+async def test_records_already_published_are_not_added_again() -> None:
+    """As a publish that runs after a reset from a rebuilt state, which holds them."""
+    topic = Topic(MemoryJournal())
+    topic.publish([_completed(1, 1), _completed(2, 2)])
+    topic.reset(3)
+    topic.publish([_completed(2, 2)])
+    topic.publish([_completed(3, 3)])
+    bodies, next_offset = await topic.read(3, 10)
+    assert next_offset == 4 and len(bodies) == 1 and bodies[0].startswith(b'{"offset":3,')
+    assert [offset for offset, _ in topic._recent] == [3]

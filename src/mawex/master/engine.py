@@ -565,18 +565,17 @@ class Engine:
                     if not future.done():
                         future.set_exception(error)
                 raise
-        # Once the events are durable, work for workers is written at once, then the
-        # waiting tasks are woken in the order they matter: those waiting for a task to
-        # end (a client's answer), the observers (metrics, logs: after those answers,
-        # but before the callers' replies, which may read them), the callers. Acks of
-        # results hold nobody up: they go with work for the same worker, or at the end
-        # of the loop's pass.
+        # Once the events are durable, work for workers is written at once; then the
+        # waiting tasks run in the order they matter: those waiting for a task to end (a
+        # client's answer), the topic and the observers (metrics, logs), the acks of
+        # results that go with no work, and last the callers, who may read the topic.
         acks = self._send_work(sends)
+        loop = asyncio.get_running_loop()
         if events:
-            self.topic.publish(records)
             self._wake_waiters(events)
-            if self.observers:
-                asyncio.get_running_loop().call_soon(self._observe, events, now, seconds)
+            loop.call_soon(self._committed, records, events, now, seconds)
+        if acks:
+            loop.call_soon(self._send_acks, acks)
         for future, reply, failure in replies:
             if future.done():
                 continue
@@ -584,8 +583,6 @@ class Engine:
                 future.set_exception(failure)
             else:
                 future.set_result(reply)
-        for session, ack in acks:
-            session.send(wire.encode(ack))
         if state.offset - self._snapshot_offset >= self.settings.snapshot_every:
             await self.save_snapshot(trim_in_background=True)
         return bool(events)
@@ -646,9 +643,20 @@ class Engine:
         self.state.offset = records[-1].offset
         return records, seconds
 
-    def _observe(self, events: list[ev.Event], now: float, append_seconds: float) -> None:
+    def _committed(
+        self, records: list[Record], events: list[ev.Event], now: float, append_seconds: float
+    ) -> None:
+        """After a turn: its records on the topic, its events to the observers."""
+        self.topic.publish(records)
         for observer in self.observers:
             observer(events, now, append_seconds)
+
+    @staticmethod
+    def _send_acks(acks: list[tuple[Session, wire.Ack]]) -> None:
+        for session, ack in acks:
+            session.send(wire.encode(ack))
+        for session in {session: None for session, _ in acks}:
+            session.flush()
 
     def _records(self, events: list[ev.Event]) -> list[Record]:
         state = self.state

@@ -25,10 +25,11 @@ class Topic:
         self.next = next_offset
 
     def publish(self, records: list[Record]) -> None:
-        """Add committed records (non-topic ones are skipped) and wake waiters."""
+        """Add committed records (non-topic ones are skipped) and wake waiters. Records
+        already in (before ``next``, as after a reset from a rebuilt state) are skipped."""
         added = False
         for record in records:
-            if record.topic is None:
+            if record.topic is None or record.topic < self.next:
                 continue
             self._recent.append((record.topic, ev.topic_record_body(record.body, record.topic)))
             self.next = record.topic + 1
