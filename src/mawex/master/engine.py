@@ -575,7 +575,7 @@ class Engine:
             self._wake_waiters(events)
             loop.call_soon(self._committed, records, events, now, seconds)
         if acks:
-            loop.call_soon(self._send_acks, acks)
+            loop.call_soon(self._write, acks)
         for future, reply, failure in replies:
             if future.done():
                 continue
@@ -589,32 +589,29 @@ class Engine:
 
     def _send_work(
         self, sends: list[tuple[str, wire.MasterMessage]]
-    ) -> list[tuple[Session, wire.Ack]]:
+    ) -> list[tuple[Session, wire.MasterMessage]]:
         """Write the messages for workers now, with the acks for the same workers (one
         write per worker); the other acks are returned, to be sent when nothing waits."""
         sessions = self.sessions
-        working: dict[Session, None] = {}  # in order, once each
-        acks: list[tuple[Session, wire.Ack]] = []
+        work: list[tuple[Session, wire.MasterMessage]] = []
+        acks: list[tuple[Session, wire.MasterMessage]] = []
         for worker_id, message in sends:
             session = sessions.get(worker_id)
-            if session is None:
-                continue
-            if isinstance(message, wire.Ack):
-                acks.append((session, message))
-            else:
-                session.send(wire.encode(message))
-                working[session] = None
-        if not working:
+            if session is not None:
+                (acks if isinstance(message, wire.Ack) else work).append((session, message))
+        if not work:
             return acks
-        later = []
-        for session, ack in acks:
-            if session in working:
-                session.send(wire.encode(ack))
-            else:
-                later.append((session, ack))
-        for session in working:
+        working = {session for session, _ in work}
+        self._write(work + [(session, ack) for session, ack in acks if session in working])
+        return [(session, ack) for session, ack in acks if session not in working]
+
+    @staticmethod
+    def _write(messages: list[tuple[Session, wire.MasterMessage]]) -> None:
+        """Send ``messages`` in order, written at once: one write per session."""
+        for session, message in messages:
+            session.send(wire.encode(message))
+        for session in dict.fromkeys(session for session, _ in messages):
             session.flush()
-        return later
 
     def _decide(
         self, commands: list[_Command], now: float
@@ -650,13 +647,6 @@ class Engine:
         self.topic.publish(records)
         for observer in self.observers:
             observer(events, now, append_seconds)
-
-    @staticmethod
-    def _send_acks(acks: list[tuple[Session, wire.Ack]]) -> None:
-        for session, ack in acks:
-            session.send(wire.encode(ack))
-        for session in {session: None for session, _ in acks}:
-            session.flush()
 
     def _records(self, events: list[ev.Event]) -> list[Record]:
         state = self.state

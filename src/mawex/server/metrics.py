@@ -304,8 +304,8 @@ class EngineMetrics(Collector):
     def observe(self, events: list[ev.Event], now: float, append_seconds: float) -> None:
         """Engine observer: called after each commit with the events it made durable.
 
-        It runs inside the engine loop: it must never raise, so a bug here costs a
-        histogram sample, not the master.
+        It runs on the master's event loop, right after the turn: it must never raise,
+        so a bug here costs a histogram sample, not the master.
         """
         try:
             self._observe(events, append_seconds)
