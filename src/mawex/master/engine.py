@@ -602,8 +602,11 @@ class Engine:
         if not work:
             return acks
         working = {session for session, _ in work}
-        self._write(work + [(session, ack) for session, ack in acks if session in working])
-        return [(session, ack) for session, ack in acks if session not in working]
+        later: list[tuple[Session, wire.MasterMessage]] = []
+        for session, ack in acks:
+            (work if session in working else later).append((session, ack))
+        self._write(work)
+        return later
 
     @staticmethod
     def _write(messages: list[tuple[Session, wire.MasterMessage]]) -> None:

@@ -94,7 +94,7 @@ def log_task_events(events: list[ev.Event], now: float, append_seconds: float) -
         return
     try:
         _log_events(events, log.isEnabledFor(logging.DEBUG))
-    except Exception:  # an observer runs in the engine loop: never let it raise
+    except Exception:  # an observer runs on the master's event loop: never let it raise
         log.exception("task event logging failed", extra={"action": "log_error"})
 
 
