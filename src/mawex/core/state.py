@@ -404,7 +404,8 @@ class MasterState:
     @classmethod
     def from_snapshot(cls, data: bytes) -> MasterState:
         """The state a snapshot holds; reads format 2 and the older format 1."""
-        version = _VERSION_DECODER.decode(data).v
+        # Format 2 starts with its version: no need to walk a big snapshot to read it.
+        version = 2 if data.startswith(_V2_PREFIX) else _VERSION_DECODER.decode(data).v
         # Building a million records and their keys would run the cycle collector
         # over a growing heap again and again (a third of the time): nothing here
         # can form a cycle, so it waits until the state is built.
@@ -449,10 +450,10 @@ class MasterState:
         """Fill ``tasks``, the pending queues, ``running`` and ``expiries`` of a fresh state."""
         records.sort(key=_BY_SEQ)  # already in seq order when saved by snapshot(): one pass
         tasks, queues, running, expiries = self.tasks, self.queues, self.running, self.expiries
-        intern = self.intern
+        names, intern = self.names, self.intern
         pending, is_running = TaskStatus.PENDING, TaskStatus.RUNNING
         for record in records:
-            group = record.group = intern(record.group)
+            group = record.group = names.get(record.group) or intern(record.group)
             tasks[(group, record.id)] = record
             status = record.status = _STATUSES[record.status]
             if status is pending:
@@ -521,6 +522,11 @@ class _SnapshotV2(msgspec.Struct):
 _SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(_SnapshotV2)
 _VERSION_DECODER = msgspec.msgpack.Decoder(_Version)
+#: How a format-2 snapshot begins: the msgpack header of a map of its fields, then
+#: ``v`` (the first field) and 2.
+_V2_PREFIX = (
+    bytes([0x80 | len(_SnapshotV2.__struct_fields__)]) + _SNAPSHOT_ENCODER.encode({"v": 2})[1:]
+)
 _BY_SEQ = operator.attrgetter("seq")
 _STATUSES: dict[str, TaskStatus] = {status.value: status for status in TaskStatus}
 #: Group names interned per state; more distinct names than this are simply not shared.

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from mawex.core.state import _ROW_FIELDS, MasterState, TaskRecord
+from mawex.core.state import _ROW_FIELDS, _V2_PREFIX, MasterState, TaskRecord
 from mawex.model import TaskStatus
 from tests.unit.core.helpers import Harness, durable
 
@@ -81,6 +81,9 @@ def test_both_formats_restore_the_state(encode: Any) -> None:
 def test_format_2_is_versioned_and_refuses_unknown_versions() -> None:
     state = _busy_harness().state
     assert msgspec.msgpack.decode(state.snapshot())["v"] == 2
+    # read without decoding the whole snapshot first; format 1 does not begin so
+    assert state.snapshot().startswith(_V2_PREFIX)
+    assert not _format_1(state).startswith(_V2_PREFIX)
     with pytest.raises(ValueError, match="unsupported snapshot format"):
         MasterState.from_snapshot(msgspec.msgpack.encode({"v": 3}))
     with pytest.raises(ValueError, match="task fields differ"):
