@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -19,6 +20,7 @@ import pytest
 
 import mawex
 from mawex.journal import open_journal
+from mawex.journal.presence import DIRECTORY_SUFFIX
 
 NAMESPACE = "procs"
 REPLY_TIMEOUT = 30.0
@@ -232,3 +234,55 @@ async def test_one_winner_when_processes_race_for_a_free_lease(spawn: Any) -> No
         assert len(winners) == 1, replies
         assert replies[winners[0]]["epoch"] == round_ + 1
         assert await children[winners[0]].call("release") == {}
+
+
+def _lock_files(tmp_path: Path) -> list[str]:
+    return sorted(os.listdir(tmp_path / f"shared.db{DIRECTORY_SUFFIX}"))
+
+
+async def test_a_killed_holder_is_taken_over_before_its_lease_lapses(
+    spawn: Any, tmp_path: Path
+) -> None:
+    a, b = await asyncio.gather(spawn(), spawn())
+    assert await a.call("acquire", holder="A", ttl=600) == {"epoch": 1}
+    assert await a.call("append", start=1, count=2, body="A") == {"offsets": [1, 2]}
+    assert await b.call("acquire", holder="B", ttl=600) == {"epoch": None}, "A runs"
+
+    a.proc.send_signal(signal.SIGSTOP)  # paused, not gone: it keeps its lock
+    try:
+        assert await b.call("acquire", holder="B", ttl=600) == {"epoch": None}
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    assert await a.call("renew", ttl=600) == {"epoch": 1}
+
+    a.proc.kill()
+    await a.proc.wait()
+    assert await b.call("acquire", holder="B", ttl=600) == {"epoch": 2}
+    assert await b.call("append", count=1, body="B") == {"offsets": [3]}
+    assert await bodies(tmp_path) == [(1, b"A"), (2, b"A"), (3, b"B")]
+    assert len(_lock_files(tmp_path)) == 1, "A's file is removed, B's kept"
+
+    c = await spawn()
+    assert await c.call("acquire", holder="C", ttl=600) == {"epoch": None}, "B runs"
+
+
+async def test_a_holder_that_closed_its_journal_is_taken_over_at_once(
+    spawn: Any, tmp_path: Path
+) -> None:
+    a, b = await asyncio.gather(spawn(), spawn())
+    assert await a.call("acquire", holder="A", ttl=600) == {"epoch": 1}
+    await a.stop()  # closes its journal without releasing the lease
+    assert await b.call("acquire", holder="B", ttl=600) == {"epoch": 2}
+
+
+async def test_a_standby_killed_leaves_no_lock_file_behind(spawn: Any, tmp_path: Path) -> None:
+    a, b = await asyncio.gather(spawn(), spawn())
+    assert await b.call("acquire", holder="B", ttl=600) == {"epoch": 1}
+    assert await b.call("release") == {}
+    assert await a.call("acquire", holder="A", ttl=600) == {"epoch": 2}
+    assert await a.call("release") == {}
+    assert len(_lock_files(tmp_path)) == 2, "both hold their locks while they run"
+    b.proc.kill()
+    await b.proc.wait()
+    assert await a.call("acquire", holder="A", ttl=600) == {"epoch": 3}
+    assert len(_lock_files(tmp_path)) == 1, "taking the lease sweeps B's file away"

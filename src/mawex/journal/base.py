@@ -123,7 +123,10 @@ class Journal(Protocol):
         Returns how many records were deleted."""
 
     async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
-        """Take the lease if it is free, lapsed or already ``holder``'s, with a new epoch."""
+        """Take the lease if it is free, lapsed or already ``holder``'s, with a new epoch.
+
+        A backend that can prove the holder's process gone may take it before it
+        lapses (SQLite: :mod:`mawex.journal.presence`)."""
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         """Extend a held lease; FencedOut if it was lost to a newer epoch."""

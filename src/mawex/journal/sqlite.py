@@ -28,7 +28,8 @@ commits' own: there is none.
 
 Durability follows ``synchronous`` (see :mod:`mawex.journal`): ``full`` fsyncs
 each commit, ``normal`` survives a process crash but not a power loss. Lease
-times use this machine's :func:`time.time`. The file must be on a local file
+times use this machine's :func:`time.time`; a lease whose holder's process has
+ended is taken at once (:mod:`mawex.journal.presence`). The file must be on a local file
 system: WAL needs shared memory between the processes.
 
 A cancelled call may still complete on the journal thread: a caller that is
@@ -58,6 +59,7 @@ from typing import Final, Literal, TypeVar
 from mawex.errors import FencedOut, JournalError, MawexError
 from mawex.journal import JournalURL, check_batch, check_namespace, load_queries
 from mawex.journal.base import Lease, Member, Record, Snapshot
+from mawex.journal.presence import PresenceLocks
 
 _T = TypeVar("_T")
 Synchronous = Literal["full", "normal"]
@@ -158,6 +160,7 @@ class SQLiteJournal:
         #: How long the last fsync'd append took (``synchronous=full``): see _run_append.
         self._fsync_seconds = 0.0
         self._checkpointer: _Checkpointer | None = None
+        self._presence = PresenceLocks(self.path, self.namespace)
         #: Appends and records since the checkpointer was last asked to run.
         self._unchecked_appends = 0
         self._unchecked_records = 0
@@ -319,6 +322,7 @@ class SQLiteJournal:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        self._presence.release_all()
 
     # -- records --------------------------------------------------------------
 
@@ -421,12 +425,19 @@ class SQLiteJournal:
     # -- lease ----------------------------------------------------------------
 
     async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
+        """Also takes a lease that has not lapsed when its holder's process is gone
+        (see :mod:`mawex.journal.presence`)."""
+
         def held(row: tuple[str | None, int, float, str | None] | None) -> bool:
             return (
-                row is not None and row[0] is not None and row[0] != holder and row[2] > time.time()
+                row is not None
+                and row[0] is not None
+                and row[0] != holder
+                and row[2] > time.time()
+                and not self._presence.is_gone(row[0])
             )
 
-        def write(conn: sqlite3.Connection) -> Lease | None:
+        def write(conn: sqlite3.Connection) -> tuple[Lease, str | None] | None:
             row = conn.execute(_Q["get_lease"], (self.namespace,)).fetchone()
             if held(row):
                 return None
@@ -435,14 +446,23 @@ class SQLiteJournal:
             conn.execute(
                 _Q["put_lease"], (self.namespace, holder, lease.epoch, lease.expires_at, url)
             )
-            return lease
+            return lease, None if row is None or row[0] == holder else row[0]
 
         def attempt(conn: sqlite3.Connection) -> Lease | None:
             # A standby polls often: look first without the write lock, which the
             # leader needs for every append, and take it only for a lease that looks free.
             if held(conn.execute(_Q["get_lease"], (self.namespace,)).fetchone()):
                 return None
-            return self._transaction(conn, write)
+            # Before the lease can name this holder, so that its presence is never unknown.
+            self._presence.hold(holder)
+            taken = self._transaction(conn, write)
+            if taken is None:
+                return None
+            lease, previous = taken
+            if previous is not None:
+                self._presence.remove_gone(previous)
+            self._presence.sweep()
+            return lease
 
         return await self._run(attempt)
 

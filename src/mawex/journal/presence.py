@@ -1,0 +1,169 @@
+"""Whether a lease holder still runs, for masters that share one machine.
+
+A master that takes the SQLite journal's lease first locks a file of its own
+(``flock``, exclusive) in a directory beside the journal file, and holds that
+lock until it closes the journal. The kernel drops the lock the moment the
+process ends, however it ends (``kill -9`` included). A standby that finds the
+lease held and not lapsed tries the holder's lock: if it gets it, the holder's
+process has ended (or closed its journal), and the lease is taken at once
+instead of after its TTL. Whoever finds a file unlocked removes it.
+
+Only a lock that is free proves anything. A missing file, a file that cannot be
+opened, or a lock held (the holder runs, or is paused: SIGSTOP keeps its locks)
+all say "maybe alive", and the lease lapses as it always did. Fencing does not
+rely on any of this: a lease taken too early still has a newer epoch."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+#: The directory beside the journal file: ``<journal file>`` + this.
+DIRECTORY_SUFFIX: Final = "-masters"
+#: How long :meth:`PresenceLocks.hold` waits for a lock file another process holds.
+OWN_LOCK_WAIT: Final = 0.1
+
+
+class PresenceLocks:
+    """The lock files of the masters of one journal namespace (see the module docstring).
+
+    Methods block (file system calls): run them off the event loop.
+    """
+
+    def __init__(self, journal_path: str, namespace: str) -> None:
+        self.directory = journal_path + DIRECTORY_SUFFIX
+        self.namespace = namespace
+        #: holder -> the open, locked file of that holder in this process
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def path(self, holder: str) -> str:
+        """The lock file of ``holder`` (hashed: holders are free-form strings)."""
+        digest = hashlib.sha256(f"{self.namespace}\0{holder}".encode()).hexdigest()[:32]
+        return os.path.join(self.directory, f"{digest}.lock")
+
+    def hold(self, holder: str) -> bool:
+        """Lock ``holder``'s file for this process (kept until :meth:`release`).
+
+        Returns False, and logs why, if it cannot: the lease then only lapses.
+        """
+        with self._lock:
+            if holder in self._held:
+                return True
+            path = self.path(holder)
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                fd = _lock_own(path)
+            except OSError as exc:
+                fd, error = None, str(exc)
+            else:
+                error = "another process holds it"
+            if fd is None:
+                log.warning(
+                    "cannot hold a presence lock: a standby will take over only once "
+                    "the lease lapses",
+                    extra={"action": "presence_lock_failed", "path": path, "error": error},
+                )
+                return False
+            self._held[holder] = fd
+            return True
+
+    def is_gone(self, holder: str) -> bool:
+        """True if ``holder`` held its lock here and its process no longer does."""
+        return self._check(self.path(holder), holder, remove=False)
+
+    def remove_gone(self, holder: str) -> None:
+        """Remove ``holder``'s file if its process is gone (after its lease was taken)."""
+        self._check(self.path(holder), holder, remove=True)
+
+    def sweep(self) -> None:
+        """Remove the files of every gone process (masters killed as standbys leave theirs)."""
+        mine = {self.path(holder) for holder in self._held}
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if name.endswith(".lock") and path not in mine:
+                self._check(path, None, remove=True)
+
+    def _check(self, path: str, holder: str | None, *, remove: bool) -> bool:
+        if holder is not None and holder in self._held:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT: see _lock_own
+        except OSError:
+            return False
+        try:
+            if not _try_lock(fd) or not _same_file(fd, path):
+                return False  # alive, or removed meanwhile by whoever found it gone first
+            if remove:
+                os.unlink(path)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # drops the lock taken to look
+
+    def release(self, holder: str) -> None:
+        """Stop holding ``holder``'s lock. The file stays: whoever finds it unlocked
+        next may take the lease at once, and removes it."""
+        with self._lock:
+            fd = self._held.pop(holder, None)
+        if fd is not None:
+            os.close(fd)
+
+    def release_all(self) -> None:
+        """Release every lock this process holds (when the journal closes)."""
+        for holder in list(self._held):
+            self.release(holder)
+
+
+def _lock_own(path: str) -> int | None:
+    """Open (creating) and lock ``path``; None if another process holds it throughout
+    :data:`OWN_LOCK_WAIT` seconds (the same holder name used by two processes)."""
+    deadline = time.monotonic() + OWN_LOCK_WAIT
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            locked = _try_lock(fd)
+            # A standby that found a former process of this holder gone holds the
+            # lock for a moment to remove the file: then the file is a new one.
+            if locked and _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.001)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+__all__ = ["DIRECTORY_SUFFIX", "PresenceLocks"]
