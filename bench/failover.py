@@ -20,9 +20,9 @@ For each journal backend and each journal size (events of history):
    the probe's ``scheduled`` event on the result topic (stamped by the new
    leader when it dispatched it) minus the kill time. The killed master is
    restarted as a standby before the next kill. ``failover.<backend>.<size>.*``
-   are the median and the max; the target is ``2 x lease TTL + 1 s``. On SQLite a
-   standby sees the killed leader's process gone and does not wait for its lease
-   (:mod:`mawex.journal.presence`); on PostgreSQL it waits for the lease to lapse.
+   are the median and the max; the target is ``2 x lease TTL + 1 s``. A standby
+   sees the killed leader's process gone and does not wait for its lease (SQLite:
+   :mod:`mawex.journal.presence`; PostgreSQL: the leader's presence session).
 
 Prints one ``name value`` line per figure (``--json FILE`` writes them too); the
 exit status is 1 if a failover missed the target.

@@ -29,8 +29,12 @@ from tests.acceptance.support import (
     start_master,
     start_worker,
     state,
+    wait_pod_workers,
     wait_until,
 )
+
+#: Longer than any wait of a test: a takeover within one cannot be the lease lapsing.
+LONG_LEASE_TTL = "300"
 
 
 def payload_of(i: int) -> Any:
@@ -279,3 +283,20 @@ def run_restart_everything(cluster: LocalCluster, count: int = 400) -> None:
     runs = read_records(records)
     assert_no_attempt_ran_twice(runs)
     assert {(r["group"], r["id"]) for r in runs} >= set(acked)
+
+
+def run_standby_takes_over_a_killed_leader(cluster: LocalCluster) -> None:
+    """kill -9 of the leader: the standby sees its process (or session) gone and takes
+    over without waiting for the lease, and a task then runs through it."""
+    a = cluster.start_master("a", "--lease-ttl", LONG_LEASE_TTL)
+    assert cluster.wait_leader() is a
+    b = cluster.start_master("b", "--lease-ttl", LONG_LEASE_TTL)
+    assert a.url and b.url
+    start_worker(cluster, "worker", ECHO, groups="g", pod="p")
+    wait_pod_workers(a.url, "p", 1)
+    with mawex.Client([a.url, b.url], timeout=30, failover_timeout=60) as client:
+        assert client.run("g", "before", timeout=30) == "before"
+        cluster.kill("a", signal.SIGKILL)
+        assert cluster.wait_leader(exclude=a, timeout=60) is b
+        wait_pod_workers(b.url, "p", 1)
+        assert client.run("g", "after", timeout=30) == "after"

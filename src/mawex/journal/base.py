@@ -126,7 +126,8 @@ class Journal(Protocol):
         """Take the lease if it is free, lapsed or already ``holder``'s, with a new epoch.
 
         A backend that can prove the holder's process gone may take it before it
-        lapses (SQLite: :mod:`mawex.journal.presence`)."""
+        lapses (SQLite: :mod:`mawex.journal.presence`; PostgreSQL: the holder's
+        presence session, :mod:`mawex.journal.postgresql`)."""
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         """Extend a held lease; FencedOut if it was lost to a newer epoch."""

@@ -23,11 +23,22 @@ journal's sessions run with ``idle_in_transaction_session_timeout`` (default
 overrides it): the server ends such a session, rolls its transaction back and
 frees the row; the stalled leader, when it resumes, finds its connection gone
 and steps down.
+
+A standby does not wait for the lease of a leader whose database session has
+ended (its process killed or crashed, its host's network stack closing its
+connections): every master holds a session advisory lock of its own on one more
+connection, taken before its lease can name it, and the lease row records the
+server time it was taken (``present_since``); an ``acquire`` that can take the
+holder's lock takes the lease at once. A server restarted since then tells
+nothing (every session ended), so then the lease lapses as usual, as it does
+when the holder's host died without closing its connections (until the server's
+TCP keepalive notices).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -55,9 +66,14 @@ POOL_MIN: Final = 1
 POOL_MAX: Final = 4
 #: Seconds to wait for the server on connect.
 CONNECT_TIMEOUT: Final = 10.0
+#: Longest a presence lock's check or reconnection may delay an acquire or a renewal.
+PRESENCE_TIMEOUT: Final = 1.0
 #: How long (ms) the server lets a journal session sit idle inside a transaction (a stalled
 #: leader's) before ending it and releasing its locks. Journal transactions take milliseconds.
 IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 5000
+
+
+log = logging.getLogger(__name__)
 
 
 def _record(row: Any) -> Record:
@@ -74,6 +90,72 @@ def _fence(epoch: int, current: int) -> None:
         raise FencedOut(f"epoch {epoch} is fenced out: the journal's epoch is {current}")
 
 
+class _PresenceSessions:
+    """This process's presence locks: per lease holder, a connection of its own that
+    holds a session advisory lock while the journal is open (see the module docstring)."""
+
+    def __init__(self, journal: PostgreSQLJournal) -> None:
+        self._journal = journal
+        self._held: dict[str, tuple[Any, float]] = {}
+        self._lock = asyncio.Lock()
+
+    async def since(self, holder: str, *, check: bool) -> float | None:
+        """The server time ``holder``'s lock was taken, taking it first if needed
+        (``check``: make sure its session still answers); None if it cannot be held,
+        and then the lease only lapses."""
+        async with self._lock:
+            held = self._held.get(holder)
+            if held is not None:
+                conn, since = held
+                try:
+                    if not conn.is_closed() and (
+                        not check or await conn.fetchval(_Q["ping"], timeout=PRESENCE_TIMEOUT)
+                    ):
+                        return since
+                except _DRIVER_ERRORS:
+                    pass
+                del self._held[holder]
+                conn.terminate()
+            try:
+                return await asyncio.wait_for(self._hold(holder), PRESENCE_TIMEOUT)
+            except (*_DRIVER_ERRORS, ValueError) as e:
+                self._failed(holder, f"{type(e).__name__}: {e}")
+                return None
+
+    async def _hold(self, holder: str) -> float | None:
+        journal = self._journal
+        conn = await asyncpg.connect(
+            journal.dsn, timeout=PRESENCE_TIMEOUT, server_settings=journal._server_settings()
+        )
+        try:
+            locked, since = await conn.fetchrow(_Q["hold_presence"], journal.namespace, holder)
+        except BaseException:
+            conn.terminate()
+            raise
+        if not locked:
+            conn.terminate()
+            self._failed(holder, "another session holds it")
+            return None
+        self._held[holder] = (conn, float(since))
+        return float(since)
+
+    def _failed(self, holder: str, error: str) -> None:
+        log.warning(
+            "cannot hold a presence lock: a standby will take over only once the lease lapses",
+            extra={"action": "presence_lock_failed", "holder": holder, "error": error},
+        )
+
+    async def close(self) -> None:
+        """Release every lock (by ending its session)."""
+        async with self._lock:
+            held, self._held = self._held, {}
+        for conn, _ in held.values():
+            try:
+                await asyncio.wait_for(conn.close(), PRESENCE_TIMEOUT)
+            except (TimeoutError, *_DRIVER_ERRORS):
+                conn.terminate()
+
+
 class PostgreSQLJournal:
     """A journal in a PostgreSQL database (see the module docstring)."""
 
@@ -82,6 +164,7 @@ class PostgreSQLJournal:
         self.namespace = check_namespace(namespace)
         self._pool: Any = None
         self._closed = False
+        self._presence = _PresenceSessions(self)
 
     @classmethod
     def from_url(cls, url: JournalURL, *, namespace: str = "default") -> PostgreSQLJournal:
@@ -94,12 +177,16 @@ class PostgreSQLJournal:
     def _error(self, e: BaseException) -> JournalError:
         return JournalError(f"PostgreSQL journal {redact(self.dsn)}: {type(e).__name__}: {e}")
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; driver errors become JournalError."""
+    def _require_open(self) -> Any:
         pool = self._pool
         if pool is None:
             raise JournalError(f"{self!r} is {'closed' if self._closed else 'not open'}")
+        return pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; driver errors become JournalError."""
+        pool = self._require_open()
         try:
             async with pool.acquire() as conn:
                 yield conn
@@ -167,6 +254,7 @@ class PostgreSQLJournal:
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         self._closed = True
+        await self._presence.close()
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
@@ -241,15 +329,22 @@ class PostgreSQLJournal:
     # -- lease ----------------------------------------------------------------
 
     async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
+        """Also takes a lease that has not lapsed when its holder's session has ended
+        (see the module docstring)."""
+        self._require_open()
+        # Before the lease can name this holder, so that its presence is never unknown.
+        since = await self._presence.since(holder, check=False)
         async with self._connection() as conn:
             await conn.execute(_Q["ensure_lease_row"], self.namespace)
-            row = await conn.fetchrow(_Q["acquire"], self.namespace, holder, float(ttl), url)
+            row = await conn.fetchrow(_Q["acquire"], self.namespace, holder, float(ttl), url, since)
         return None if row is None else Lease(holder, row[0], row[1], url)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
+        self._require_open()
+        since = await self._presence.since(lease.holder, check=True)
         async with self._connection() as conn:
             expires_at = await conn.fetchval(
-                _Q["renew"], self.namespace, lease.epoch, lease.holder, float(ttl)
+                _Q["renew"], self.namespace, lease.epoch, lease.holder, float(ttl), since
             )
         if expires_at is None:
             raise FencedOut(f"the lease of epoch {lease.epoch} was lost")

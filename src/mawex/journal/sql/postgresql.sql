@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS mawex_lease (
     holder text,
     epoch bigint NOT NULL,
     expires_at timestamptz NOT NULL,
-    url text
+    url text,
+    present_since timestamptz
 );
 CREATE TABLE IF NOT EXISTS mawex_records (
     ns text NOT NULL,
@@ -34,6 +35,15 @@ BEGIN
             AND column_name = 'epoch'
     ) THEN
         ALTER TABLE mawex_records ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+    END IF;
+    -- and before leases said since when their holder held its presence lock
+    IF NOT EXISTS (
+        SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema()
+            AND table_name = 'mawex_lease'
+            AND column_name = 'present_since'
+    ) THEN
+        ALTER TABLE mawex_lease ADD COLUMN present_since timestamptz;
     END IF;
 END
 $$;
@@ -125,19 +135,40 @@ DELETE FROM mawex_records
 WHERE ns = $1 AND seq < $2 AND (topic IS NULL OR topic < $3);
 
 -- name: acquire
+-- Free, lapsed, ours, or held by a master whose presence lock is free: its session
+-- ended since it took the lock, and the server has not restarted since (a restart
+-- ends every session: that says nothing about the holder).
 UPDATE mawex_lease
 SET holder = $2,
     epoch = epoch + 1,
     expires_at = clock_timestamp() + make_interval(secs => $3),
-    url = $4
-WHERE ns = $1 AND (holder IS NULL OR holder = $2 OR expires_at <= clock_timestamp())
+    url = $4,
+    present_since = to_timestamp($5)
+WHERE ns = $1 AND (
+    holder IS NULL OR holder = $2 OR expires_at <= clock_timestamp()
+    OR (
+        present_since > pg_postmaster_start_time()
+        AND pg_try_advisory_xact_lock(hashtextextended(ns || '/' || holder, 0))
+    )
+)
 RETURNING epoch, extract(epoch FROM expires_at)::float8;
 
 -- name: renew
 UPDATE mawex_lease
-SET expires_at = clock_timestamp() + make_interval(secs => $4)
+SET expires_at = clock_timestamp() + make_interval(secs => $4),
+    present_since = to_timestamp($5)
 WHERE ns = $1 AND epoch = $2 AND holder = $3
 RETURNING extract(epoch FROM expires_at)::float8;
+
+-- name: hold_presence
+-- On a connection of the master's own, held for the journal's life: the lock, and the
+-- server time it was taken.
+SELECT
+    pg_try_advisory_lock(hashtextextended($1 || '/' || $2, 0)),
+    extract(epoch FROM clock_timestamp())::float8;
+
+-- name: ping
+SELECT 1;
 
 -- name: release
 UPDATE mawex_lease SET expires_at = to_timestamp(0) WHERE ns = $1 AND epoch = $2;
