@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.journal.test_sqlite_processes import NAMESPACE, Child
+from tests.journal.test_sqlite_processes import NAMESPACE, children
 
 #: Longer than any wait here: a takeover within the test cannot be the lease lapsing.
 TTL = 600
@@ -22,13 +21,7 @@ TTL = 600
 
 @pytest.fixture
 async def spawn(postgresql_url: str) -> AsyncIterator[Callable[[], Any]]:
-    async with AsyncExitStack() as stack:
-
-        async def start() -> Child:
-            child = await Child.start(postgresql_url)
-            stack.push_async_callback(child.stop)
-            return child
-
+    async with children(postgresql_url) as start:
         yield start
 
 

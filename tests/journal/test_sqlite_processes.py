@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +160,9 @@ class Child:
         await self.proc.stderr.read()
 
 
-@pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
-    """Start children on one journal file; they are stopped after the test."""
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+@asynccontextmanager
+async def children(url: str) -> AsyncIterator[Callable[[], Any]]:
+    """A function that starts children on the journal at ``url``, all stopped on exit."""
     async with AsyncExitStack() as stack:
 
         async def start() -> Child:
@@ -171,6 +170,13 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
             stack.push_async_callback(child.stop)
             return child
 
+        yield start
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
+    """Start children on one journal file; they are stopped after the test."""
+    async with children(f"sqlite:///{tmp_path / 'shared.db'}") as start:
         yield start
 
 
