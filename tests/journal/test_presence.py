@@ -29,7 +29,7 @@ def test_a_holder_is_gone_only_once_its_lock_is_released(tmp_path: Path) -> None
     leader.release_all()
     assert standby.is_gone("A")
     assert standby.is_gone("A"), "looking does not remove the file"
-    standby.remove_gone("A")
+    standby.sweep()
     assert not os.path.exists(standby.path("A"))
     assert not standby.is_gone("A")
 

@@ -6,12 +6,14 @@ lock until it closes the journal. The kernel drops the lock the moment the
 process ends, however it ends (``kill -9`` included). A standby that finds the
 lease held and not lapsed tries the holder's lock: if it gets it, the holder's
 process has ended (or closed its journal), and the lease is taken at once
-instead of after its TTL. Whoever finds a file unlocked removes it.
+instead of after its TTL. A master that takes the lease removes every file
+left unlocked.
 
 Only a lock that is free proves anything. A missing file, a file that cannot be
 opened, or a lock held (the holder runs, or is paused: SIGSTOP keeps its locks)
 all say "maybe alive", and the lease lapses as it always did. Fencing does not
-rely on any of this: a lease taken too early still has a newer epoch."""
+rely on any of this: a lease taken too early still has a newer epoch.
+"""
 
 from __future__ import annotations
 
@@ -79,12 +81,8 @@ class PresenceLocks:
         """True if ``holder`` held its lock here and its process no longer does."""
         return self._check(self.path(holder), holder, remove=False)
 
-    def remove_gone(self, holder: str) -> None:
-        """Remove ``holder``'s file if its process is gone (after its lease was taken)."""
-        self._check(self.path(holder), holder, remove=True)
-
     def sweep(self) -> None:
-        """Remove the files of every gone process (masters killed as standbys leave theirs)."""
+        """Remove the files of every gone holder (after taking the lease from one, say)."""
         mine = {self.path(holder) for holder in self._held}
         try:
             names = os.listdir(self.directory)
@@ -114,8 +112,8 @@ class PresenceLocks:
             os.close(fd)  # drops the lock taken to look
 
     def release(self, holder: str) -> None:
-        """Stop holding ``holder``'s lock. The file stays: whoever finds it unlocked
-        next may take the lease at once, and removes it."""
+        """Stop holding ``holder``'s lock. The file stays (a standby may take the lease
+        at once); the next master to take the lease removes it."""
         with self._lock:
             fd = self._held.pop(holder, None)
         if fd is not None:

@@ -29,8 +29,8 @@ commits' own: there is none.
 Durability follows ``synchronous`` (see :mod:`mawex.journal`): ``full`` fsyncs
 each commit, ``normal`` survives a process crash but not a power loss. Lease
 times use this machine's :func:`time.time`; a lease whose holder's process has
-ended is taken at once (:mod:`mawex.journal.presence`). The file must be on a local file
-system: WAL needs shared memory between the processes.
+ended is taken at once (:mod:`mawex.journal.presence`). The file must be on a
+local file system: WAL needs shared memory between the processes.
 
 A cancelled call may still complete on the journal thread: a caller that is
 cancelled during ``append`` must treat the write as unknown.
@@ -437,7 +437,7 @@ class SQLiteJournal:
                 and not self._presence.is_gone(row[0])
             )
 
-        def write(conn: sqlite3.Connection) -> tuple[Lease, str | None] | None:
+        def write(conn: sqlite3.Connection) -> Lease | None:
             row = conn.execute(_Q["get_lease"], (self.namespace,)).fetchone()
             if held(row):
                 return None
@@ -446,7 +446,7 @@ class SQLiteJournal:
             conn.execute(
                 _Q["put_lease"], (self.namespace, holder, lease.epoch, lease.expires_at, url)
             )
-            return lease, None if row is None or row[0] == holder else row[0]
+            return lease
 
         def attempt(conn: sqlite3.Connection) -> Lease | None:
             # A standby polls often: look first without the write lock, which the
@@ -455,13 +455,9 @@ class SQLiteJournal:
                 return None
             # Before the lease can name this holder, so that its presence is never unknown.
             self._presence.hold(holder)
-            taken = self._transaction(conn, write)
-            if taken is None:
-                return None
-            lease, previous = taken
-            if previous is not None:
-                self._presence.remove_gone(previous)
-            self._presence.sweep()
+            lease = self._transaction(conn, write)
+            if lease is not None:
+                self._presence.sweep()  # the former holder's file among others
             return lease
 
         return await self._run(attempt)
