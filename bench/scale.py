@@ -659,7 +659,7 @@ class Bench:
             "takeover_standby_handover_s",
             round(done - handover, 2),
             "leader SIGTERM (lease handed over) -> the standby serves as leader "
-            "(kill -9 adds the lease TTL: bench/failover.py)",
+            "(kill -9: bench/failover.py)",
         )
         cluster.stop_all()
 
