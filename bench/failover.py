@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+from _common import PROBE
 
 import mawex
 from mawex.cluster import LocalCluster
@@ -250,7 +251,7 @@ def _scheduled_at(urls: list[str], probe: str, from_offset: int, deadline: float
 
 
 def _topic_next(url: str) -> int:
-    return int(httpx.get(f"{url}/v1/state", timeout=5).json()["topic_next"])
+    return int(PROBE.get(f"{url}/v1/state", timeout=5).json()["topic_next"])
 
 
 def measure_failovers(

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from _common import (
+    PROBE,
     JournalSetup,
     Processes,
     checkout_of,
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not master.alive():
                     raise RuntimeError(f"the master exited:\n{master.tail()}")
                 try:
-                    return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+                    return PROBE.get(f"{url}/readyz", timeout=1).status_code == 200
                 except httpx.HTTPError:
                     return False
 
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def connected() -> bool:
                 if not worker.alive():
                     raise RuntimeError(f"the worker exited:\n{worker.tail()}")
-                workers = httpx.get(f"{url}/v1/state", timeout=5).json()["workers"]
+                workers = PROBE.get(f"{url}/v1/state", timeout=5).json()["workers"]
                 return sum(w["status"] != "disconnected" for w in workers) >= args.pods
 
             wait_until(connected, 60, f"{args.pods} pods connected")

@@ -65,7 +65,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from _common import git_describe, http_request, read_http_response
+from _common import PROBE, git_describe, http_request, read_http_response
 from failover import DEFAULT_PG, Figures, Store, cold_rebuild, size_label
 
 from mawex.cluster import LocalCluster, Proc
@@ -120,7 +120,7 @@ def mib(n: float) -> float:
 
 def get_state(url: str, timeout: float = 30.0) -> dict[str, Any] | None:
     try:
-        response = httpx.get(f"{url}/v1/state", timeout=timeout)
+        response = PROBE.get(f"{url}/v1/state", timeout=timeout)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -143,7 +143,7 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
 def metric(url: str, name: str) -> float | None:
     """One unlabelled sample of the master's ``/metrics``."""
     try:
-        text = httpx.get(f"{url}/metrics", timeout=30).text
+        text = PROBE.get(f"{url}/metrics", timeout=30).text
     except httpx.HTTPError:
         return None
     for line in text.splitlines():
@@ -757,7 +757,7 @@ class Bench:
             ]
             cpu_before = cpu_seconds(master.pid)
             burst = time.monotonic()
-            response = httpx.post(f"{url}/v1/tasks/batch", json={"tasks": tasks}, timeout=60)
+            response = PROBE.post(f"{url}/v1/tasks/batch", json={"tasks": tasks}, timeout=60)
             response.raise_for_status()
             results = [self._read_json(c, a.fanout_timeout + 30) for c in children]
             cpu = cpu_seconds(master.pid) - cpu_before
@@ -775,7 +775,7 @@ class Bench:
             int(metric(url, "mawex_topic_waiters") or 0),
             "topic waiters on the master 1s after every subscriber process exited",
         )
-        events = httpx.get(
+        events = PROBE.get(
             f"{url}/v1/results", params={"from": start, "limit": m}, timeout=30
         ).json()["events"]
         first_at, last_at = float(events[0]["at"]), float(events[-1]["at"])

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 from _common import (
+    PROBE,
     JournalSetup,
     Proc,
     Processes,
@@ -264,7 +265,7 @@ def start_cluster(args: argparse.Namespace, procs: Processes, journal: JournalSe
         if not master.alive():
             raise RuntimeError(f"the master exited:\n{master.tail()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if PROBE.get(f"{url}/readyz", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -279,7 +280,7 @@ def start_cluster(args: argparse.Namespace, procs: Processes, journal: JournalSe
         argv += ["--log-format", "json", "--log-level", args.log_level]
         workers.append(procs.spawn(f"worker-{i + 1}", argv, env))
     while True:
-        state = httpx.get(f"{url}/v1/state", timeout=5).json()
+        state = PROBE.get(f"{url}/v1/state", timeout=5).json()
         connected = [w for w in state["workers"] if w["status"] != "disconnected"]
         if len(connected) >= args.workers * args.concurrency:
             break
