@@ -103,9 +103,14 @@ def start_worker(
     )
 
 
+#: One client for the tests' probes (``httpx.get`` loads the CA bundle on every call:
+#: ~25 ms of CPU each, in loops that poll); it keeps no connection to go stale.
+_PROBE = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def state(url: str, token: str | None = None) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.get(f"{url}/v1/state", headers=headers, timeout=10)
+    response = _PROBE.get(f"{url}/v1/state", headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
