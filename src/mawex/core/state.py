@@ -126,27 +126,52 @@ class WorkerInfo:
 
 
 class PendingQueue:
-    """A group's pending tasks in acceptance order (a heap with lazy deletion)."""
+    """A group's pending tasks in acceptance order, with lazy deletion.
 
-    __slots__ = ("heap", "size")
+    Tasks mostly arrive in order: those come in ``backlog`` (the records themselves,
+    read from ``start``), and only a task that comes back behind newer ones (a retry
+    keeps its ``seq``) goes to ``heap``. A million pending tasks are then a list of a
+    million references, not a million ``(seq, id)`` tuples.
+    """
+
+    __slots__ = ("backlog", "heap", "size", "start")
 
     def __init__(self) -> None:
+        self.backlog: list[TaskRecord] = []
+        self.start = 0
         self.heap: list[tuple[int, str]] = []
         self.size = 0
 
-    def push(self, seq: int, id: str) -> None:
-        heapq.heappush(self.heap, (seq, id))
+    def push(self, record: TaskRecord) -> None:
+        backlog = self.backlog
+        if self.start == len(backlog) or backlog[-1].seq < record.seq:
+            backlog.append(record)
+        else:
+            heapq.heappush(self.heap, (record.seq, record.id))
 
     def head(self, group: str, tasks: dict[Key, TaskRecord]) -> TaskRecord | None:
         """The oldest pending task, dropping entries that are no longer pending."""
+        pending = TaskStatus.PENDING
+        backlog, start = self.backlog, self.start
+        first: TaskRecord | None = None
+        while start < len(backlog):
+            record = backlog[start]
+            if record.status is pending and tasks.get((group, record.id)) is record:
+                first = record
+                break
+            start += 1
+        if start > BACKLOG_COMPACT and start * 2 > len(backlog):
+            del backlog[:start]
+            start = 0
+        self.start = start
         heap = self.heap
         while heap:
             seq, id = heap[0]
-            record = tasks.get((group, id))
-            if record is not None and record.seq == seq and record.status is TaskStatus.PENDING:
-                return record
+            retried = tasks.get((group, id))
+            if retried is not None and retried.seq == seq and retried.status is pending:
+                return retried if first is None or seq < first.seq else first
             heapq.heappop(heap)
-        return None
+        return first
 
 
 class IdleWorkers:
@@ -291,7 +316,7 @@ class MasterState:
         queue = self.queues.get(record.group)
         if queue is None:
             queue = self.queues[record.group] = PendingQueue()
-        queue.push(record.seq, record.id)
+        queue.push(record)
         queue.size += 1
         record.status = TaskStatus.PENDING
 
@@ -460,8 +485,7 @@ class MasterState:
                 queue = queues.get(group)
                 if queue is None:
                     queue = queues[group] = PendingQueue()
-                # ascending seq into an empty heap: appending keeps the heap invariant
-                queue.heap.append((record.seq, record.id))
+                queue.backlog.append(record)  # in ascending seq
                 queue.size += 1
                 if record.pending_deadline is not None:
                     expiries.append((record.pending_deadline, record.seq, group, record.id))
@@ -529,6 +553,8 @@ _V2_PREFIX = (
 )
 _BY_SEQ = operator.attrgetter("seq")
 _STATUSES: dict[str, TaskStatus] = {status.value: status for status in TaskStatus}
+#: Entries a pending queue's backlog drops from its front at once, at least.
+BACKLOG_COMPACT = 1024
 #: Group names interned per state; more distinct names than this are simply not shared.
 MAX_INTERNED = 10_000
 
