@@ -149,6 +149,11 @@ class PendingQueue:
         else:
             heapq.heappush(self.heap, (record.seq, record.id))
 
+    def clear(self) -> None:
+        """Drop every entry: for a queue with no pending task left, all are stale (and
+        would keep finished records alive until a worker of the group came)."""
+        self.backlog, self.start, self.heap = [], 0, []
+
     def head(self, group: str, tasks: dict[Key, TaskRecord]) -> TaskRecord | None:
         """The oldest pending task, dropping entries that are no longer pending."""
         pending = TaskStatus.PENDING
@@ -321,7 +326,10 @@ class MasterState:
         record.status = TaskStatus.PENDING
 
     def _leave_pending(self, record: TaskRecord) -> None:
-        self.queues[record.group].size -= 1
+        queue = self.queues[record.group]
+        queue.size -= 1
+        if not queue.size:
+            queue.clear()
 
     def _leave_running(self, record: TaskRecord) -> None:
         self.running[record.group] -= 1

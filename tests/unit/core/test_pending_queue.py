@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mawex.core import decide
 from mawex.core.state import BACKLOG_COMPACT, Key, PendingQueue, TaskRecord
 from mawex.model import TaskStatus
+from tests.unit.core.helpers import Harness
 
 
 def _record(seq: int, id: str | None = None) -> TaskRecord:
@@ -68,3 +70,19 @@ def test_a_long_queue_is_compacted_as_it_is_served() -> None:
     assert len(queue.backlog) < count, "the served front was dropped"
     served += _drain(queue, tasks)
     assert served == list(range(count))
+
+
+def test_a_queue_left_with_no_pending_task_holds_no_record() -> None:
+    h = Harness()
+    for i in range(5):
+        h.submit("idle", f"t{i}")  # a group no worker serves
+    queue = h.state.queues["idle"]
+    assert len(queue.backlog) == 5
+    for i in range(4):
+        decide.cancel(h.state, "idle", f"t{i}", h.now)
+    assert len(queue.backlog) == 5, "stale entries wait for the head"
+    decide.cancel(h.state, "idle", "t4", h.now)
+    assert queue.backlog == [] and queue.heap == []
+    h.submit("idle", "again")
+    again = queue.head("idle", h.state.tasks)
+    assert again is not None and again.id == "again"
