@@ -152,7 +152,9 @@ class PendingQueue:
     def clear(self) -> None:
         """Drop every entry: for a queue with no pending task left, all are stale (and
         would keep finished records alive until a worker of the group came)."""
-        self.backlog, self.start, self.heap = [], 0, []
+        self.backlog.clear()
+        self.heap.clear()
+        self.start = 0
 
     def head(self, group: str, tasks: dict[Key, TaskRecord]) -> TaskRecord | None:
         """The oldest pending task, dropping entries that are no longer pending."""
