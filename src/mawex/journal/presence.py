@@ -52,7 +52,7 @@ class PresenceLocks:
         return os.path.join(self.directory, f"{digest}.lock")
 
     def hold(self, holder: str) -> bool:
-        """Lock ``holder``'s file for this process (kept until :meth:`release`).
+        """Lock ``holder``'s file for this process (kept until :meth:`release_all`).
 
         Returns False, and logs why, if it cannot: the lease then only lapses.
         """
@@ -79,23 +79,21 @@ class PresenceLocks:
 
     def is_gone(self, holder: str) -> bool:
         """True if ``holder`` held its lock here and its process no longer does."""
-        return self._check(self.path(holder), holder, remove=False)
+        return holder not in self._held and self._check(self.path(holder), remove=False)
 
     def sweep(self) -> None:
-        """Remove the files of every gone holder (after taking the lease from one, say)."""
-        mine = {self.path(holder) for holder in self._held}
+        """Remove the files of every gone holder (after taking the lease from one, say).
+        This process's own files stay: their locks, held, refuse the look."""
         try:
             names = os.listdir(self.directory)
         except OSError:
             return
         for name in names:
-            path = os.path.join(self.directory, name)
-            if name.endswith(".lock") and path not in mine:
-                self._check(path, None, remove=True)
+            if name.endswith(".lock"):
+                self._check(os.path.join(self.directory, name), remove=True)
 
-    def _check(self, path: str, holder: str | None, *, remove: bool) -> bool:
-        if holder is not None and holder in self._held:
-            return False
+    def _check(self, path: str, *, remove: bool) -> bool:
+        """Whether the file at ``path`` exists unlocked (removing it if ``remove``)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT: see _lock_own
         except OSError:
@@ -111,18 +109,14 @@ class PresenceLocks:
         finally:
             os.close(fd)  # drops the lock taken to look
 
-    def release(self, holder: str) -> None:
-        """Stop holding ``holder``'s lock. The file stays (a standby may take the lease
-        at once); the next master to take the lease removes it."""
-        with self._lock:
-            fd = self._held.pop(holder, None)
-        if fd is not None:
-            os.close(fd)
-
     def release_all(self) -> None:
-        """Release every lock this process holds (when the journal closes)."""
-        for holder in list(self._held):
-            self.release(holder)
+        """Stop holding this process's locks (when the journal closes). The files stay
+        (a standby may take the lease at once); the next master to take the lease
+        removes them."""
+        with self._lock:
+            held, self._held = self._held, {}
+        for fd in held.values():
+            os.close(fd)
 
 
 def _lock_own(path: str) -> int | None:
