@@ -1,4 +1,4 @@
-"""Failover time and replay speed of real mawex masters, on SQLite and PostgreSQL.
+"""Failover time and replay speed of real mawex masters, on SQLite, PostgreSQL and Redis.
 
 For each journal backend and each journal size (events of history):
 
@@ -22,16 +22,18 @@ For each journal backend and each journal size (events of history):
    restarted as a standby before the next kill. ``failover.<backend>.<size>.*``
    are the median and the max; the target is ``2 x lease TTL + 1 s``. A standby
    sees the killed leader's process gone and does not wait for its lease (SQLite:
-   :mod:`mawex.journal.presence`; PostgreSQL: the leader's presence session).
+   :mod:`mawex.journal.presence`; PostgreSQL: the leader's presence session; Redis:
+   its presence subscription).
 
 Prints one ``name value`` line per figure (``--json FILE`` writes them too); the
 exit status is 1 if a failover missed the target.
 
-Run: ``.venv/bin/python bench/failover.py [--backends sqlite,postgresql]
-[--sizes 10000,1000000] [--lease-ttl 2] [--kills 3] [--postgresql URL]``
+Run: ``.venv/bin/python bench/failover.py [--backends sqlite,postgresql,redis]
+[--sizes 10000,1000000] [--lease-ttl 2] [--kills 3] [--postgresql URL] [--redis URL]``
 (PostgreSQL: a superuser URL, default ``MAWEX_TEST_POSTGRESQL`` or
 ``postgresql://postgres@127.0.0.1:5432/postgres``; a database is created and
-dropped per size).
+dropped per size. Redis: default ``MAWEX_TEST_REDIS`` or ``redis://127.0.0.1:6379/0``;
+a master id (key namespace) is used and its keys deleted per size).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from mawex.master.engine import Engine, EngineSettings
 DEFAULT_PG = os.environ.get(
     "MAWEX_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+DEFAULT_REDIS = os.environ.get("MAWEX_TEST_REDIS", "redis://127.0.0.1:6379/0")
 PROBE_GROUP = "probe"
 FILL_GROUPS = ("fill-a", "fill-b", "fill-c", "fill-d")
 
@@ -103,9 +106,16 @@ class Store:
     workdir: Path
     admin: str | None = None
     database: str | None = None
+    #: The masters' ``--master-id``: the journal namespace.
+    namespace: str = "default"
 
     @classmethod
-    async def create(cls, backend: str, workdir: Path, pg_url: str, label: str) -> Store:
+    async def create(
+        cls, backend: str, workdir: Path, args: argparse.Namespace, label: str
+    ) -> Store:
+        if backend == "redis":
+            namespace = f"bench-{os.getpid()}-{label.replace('.', '-')}-{uuid.uuid4().hex[:6]}"
+            return cls(backend, args.redis, workdir, namespace=namespace)
         if backend == "sqlite":
             path = workdir / f"failover-{label}.db"
             for stale in (
@@ -117,6 +127,7 @@ class Store:
             return cls(backend, f"sqlite:///{path}", workdir)
         import asyncpg
 
+        pg_url = args.postgresql
         database = f"mawex_bench_{os.getpid()}_{label.lower()}_{uuid.uuid4().hex[:6]}"
         conn = await asyncpg.connect(pg_url, timeout=10)
         try:
@@ -131,6 +142,20 @@ class Store:
         return f"{self.url}?synchronous=normal" if self.backend == "sqlite" else self.url
 
     async def drop(self) -> None:
+        if self.backend == "redis":
+            import redis.asyncio as aioredis
+
+            from mawex.journal.redis import KEY_PREFIX
+
+            client = aioredis.Redis.from_url(self.url)
+            try:
+                pattern = KEY_PREFIX.format(self.namespace) + "*"
+                keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
+                if keys:
+                    await client.delete(*keys)
+            finally:
+                await client.aclose()
+            return
         if self.database is None or self.admin is None:
             return
         import asyncpg
@@ -157,9 +182,11 @@ def _records(events: list[ev.Event], offset: int, topic: int) -> tuple[list[Reco
     return out, offset, topic
 
 
-async def fill(url: str, events: int, batch: int, limits: decide.Limits) -> tuple[int, float]:
+async def fill(
+    url: str, namespace: str, events: int, batch: int, limits: decide.Limits
+) -> tuple[int, float]:
     """Append about ``events`` events of valid history; returns (events written, seconds)."""
-    journal = open_journal(url)
+    journal = open_journal(url, namespace=namespace)
     await journal.open()
     started = time.perf_counter()
     try:
@@ -195,10 +222,10 @@ async def fill(url: str, events: int, batch: int, limits: decide.Limits) -> tupl
 # -- 2, 3. replay and snapshot --------------------------------------------------------
 
 
-async def cold_rebuild(url: str) -> tuple[float, Engine]:
+async def cold_rebuild(url: str, namespace: str) -> tuple[float, Engine]:
     """Seconds a new standby takes to rebuild its state from the journal (snapshot + replay),
     with the cycle collector paused and then frozen, as ``mawex master`` does."""
-    engine = Engine(open_journal(url), EngineSettings())
+    engine = Engine(open_journal(url, namespace=namespace), EngineSettings())
     await engine.journal.open()
     started = time.perf_counter()
     with collector_paused(freeze=True):
@@ -257,13 +284,13 @@ def _topic_next(url: str) -> int:
 def measure_failovers(
     store: Store, workdir: Path, args: argparse.Namespace, figures: Figures, name: str
 ) -> list[float]:
-    extra = ("--lease-ttl", str(args.lease_ttl), "--log-format", "json")
+    extra = ("--lease-ttl", str(args.lease_ttl), "--master-id", store.namespace)
     cluster = LocalCluster(workdir / f"cluster-{name.replace('.', '-')}", journal=store.url)
     samples: list[float] = []
     try:
         started = time.perf_counter()
-        cluster.start_master("a", *extra[:2], wait=False)
-        cluster.start_master("b", *extra[:2], wait=False)
+        cluster.start_master("a", *extra, wait=False)
+        cluster.start_master("b", *extra, wait=False)
         for proc in list(cluster.procs.values()):
             cluster.wait_healthy(proc, timeout=600)
         leader = cluster.wait_leader(timeout=600)
@@ -292,7 +319,7 @@ def measure_failovers(
                 samples.append(at - killed_at)
                 leader.popen.wait(timeout=30)
                 client.result(PROBE_GROUP, probe, timeout=60)
-                cluster.start_master(leader.name, *extra[:2])
+                cluster.start_master(leader.name, *extra)
     finally:
         cluster.stop_all()
     return samples
@@ -316,9 +343,9 @@ async def prepare(
     store: Store, size: int, args: argparse.Namespace, figures: Figures, name: str
 ) -> None:
     limits = decide.Limits(retain_results=args.retain_results)
-    written, seconds = await fill(store.fill_url(), size, args.batch, limits)
+    written, seconds = await fill(store.fill_url(), store.namespace, size, args.batch, limits)
     figures.put(f"fill.{name}.events_per_s", round(written / seconds), f"{written} events")
-    replay_s, engine = await cold_rebuild(store.url)
+    replay_s, engine = await cold_rebuild(store.url, store.namespace)
     figures.put(
         f"replay.{name}.events_per_s",
         round(written / replay_s),
@@ -330,7 +357,7 @@ async def prepare(
     figures.put(
         f"snapshot.{name}.s", round(snap_s, 2), f"snapshot at {offset}, {trimmed} records trimmed"
     )
-    rebuild_s, engine = await cold_rebuild(store.url)
+    rebuild_s, engine = await cold_rebuild(store.url, store.namespace)
     await engine.journal.close()
     figures.put(f"cold_rebuild.{name}.s", round(rebuild_s, 3), "from the snapshot")
 
@@ -345,6 +372,7 @@ def main() -> int:
     parser.add_argument("--retain-results", type=int, default=100_000)
     parser.add_argument("--retain-topic", type=int, default=1_000_000)
     parser.add_argument("--postgresql", default=DEFAULT_PG)
+    parser.add_argument("--redis", default=DEFAULT_REDIS)
     parser.add_argument("--workdir", default=None, help="kept afterwards (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -362,7 +390,7 @@ def main() -> int:
         for backend in args.backends.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
                 name = f"{backend}.{size_label(size)}"
-                store = asyncio.run(Store.create(backend, workdir, args.postgresql, name))
+                store = asyncio.run(Store.create(backend, workdir, args, name))
                 try:
                     asyncio.run(prepare(store, size, args, figures, name))
                     samples = measure_failovers(store, workdir, args, figures, name)

@@ -52,9 +52,11 @@ def payload_of(i: int) -> Any:
             return None
 
 
-def run_all_complete(cluster: LocalCluster, count: int = 200) -> None:
+def run_all_complete(
+    cluster: LocalCluster, count: int = 200, master_args: tuple[str, ...] = ()
+) -> None:
     """``count`` tasks over 2 groups and 2 pods all complete with their payload echoed."""
-    master = start_leader(cluster, "master")
+    master = start_leader(cluster, "master", *master_args)
     for pod in ("p1", "p2"):
         start_worker(cluster, f"worker-{pod}", ECHO, groups="alpha,beta", pod=pod)
     cluster.wait_workers(4)
@@ -285,12 +287,14 @@ def run_restart_everything(cluster: LocalCluster, count: int = 400) -> None:
     assert {(r["group"], r["id"]) for r in runs} >= set(acked)
 
 
-def run_standby_takes_over_a_killed_leader(cluster: LocalCluster) -> None:
-    """kill -9 of the leader: the standby sees its process (or session) gone and takes
-    over without waiting for the lease, and a task then runs through it."""
-    a = cluster.start_master("a", "--lease-ttl", LONG_LEASE_TTL)
+def run_standby_takes_over_a_killed_leader(
+    cluster: LocalCluster, master_args: tuple[str, ...] = ()
+) -> None:
+    """kill -9 of the leader: the standby sees its process (or connection) gone and
+    takes over without waiting for the lease, and a task then runs through it."""
+    a = cluster.start_master("a", "--lease-ttl", LONG_LEASE_TTL, *master_args)
     assert cluster.wait_leader() is a
-    b = cluster.start_master("b", "--lease-ttl", LONG_LEASE_TTL)
+    b = cluster.start_master("b", "--lease-ttl", LONG_LEASE_TTL, *master_args)
     assert a.url and b.url
     start_worker(cluster, "worker", ECHO, groups="g", pod="p")
     wait_pod_workers(a.url, "p", 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mawex.journal.presence import PresenceLocks
+from mawex.journal.presence import RETRY_S, PresenceLocks, PresenceRetry
 
 
 def _locks(tmp_path: Path, namespace: str = "ns") -> PresenceLocks:
@@ -51,6 +51,31 @@ def test_a_name_held_by_another_process_is_refused_with_a_warning(
         assert not second.hold("A")
     assert "presence_lock_failed" in [getattr(r, "action", None) for r in caplog.records]
     assert not _locks(tmp_path).is_gone("A"), "the first still holds it"
+    first.release_all()
+    assert not second.hold("A"), "not tried again at once: a standby asks every poll"
+
+
+def test_presence_retry_waits_after_a_failure_and_warns_once_per_run_of_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = 100.0
+    retry = PresenceRetry(clock=lambda: now)
+    assert retry.due()
+    with caplog.at_level(logging.INFO, logger="mawex.journal.presence"):
+        retry.failed("A", "refused")
+        assert not retry.due()
+        now += RETRY_S - 0.001
+        assert not retry.due()
+        now += 0.001
+        assert retry.due()
+        retry.failed("A", "refused again")
+        assert not retry.due()
+        now += RETRY_S
+        retry.succeeded()
+        assert retry.due()
+        retry.failed("A", "refused after a success")
+    actions = [getattr(r, "action", None) for r in caplog.records]
+    assert actions == ["presence_lock_failed", "presence_lock_held", "presence_lock_failed"]
 
 
 def test_sweep_removes_the_files_of_gone_holders_only(tmp_path: Path) -> None:

@@ -107,14 +107,14 @@ class Child:
         self.proc = proc
 
     @classmethod
-    async def start(cls, url: str) -> Child:
+    async def start(cls, url: str, namespace: str = NAMESPACE) -> Child:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             CHILD,
             url,
-            NAMESPACE,
+            namespace,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -161,12 +161,12 @@ class Child:
 
 
 @asynccontextmanager
-async def children(url: str) -> AsyncIterator[Callable[[], Any]]:
+async def children(url: str, namespace: str = NAMESPACE) -> AsyncIterator[Callable[[], Any]]:
     """A function that starts children on the journal at ``url``, all stopped on exit."""
     async with AsyncExitStack() as stack:
 
         async def start() -> Child:
-            child = await Child.start(url)
+            child = await Child.start(url, namespace)
             stack.push_async_callback(child.stop)
             return child
 

@@ -38,7 +38,6 @@ TCP keepalive notices).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -49,6 +48,7 @@ import asyncpg
 from mawex.errors import FencedOut, JournalError, MawexError
 from mawex.journal import JournalURL, check_batch, check_namespace, load_queries, redact
 from mawex.journal.base import Lease, Member, Record, Snapshot
+from mawex.journal.presence import PresenceRetry
 
 _Q: Final = load_queries("postgresql.sql")
 #: What the driver raises for a failed call. InternalClientError comes, for one, from a
@@ -73,9 +73,6 @@ PRESENCE_TIMEOUT: Final = 1.0
 IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 5000
 
 
-log = logging.getLogger(__name__)
-
-
 def _record(row: Any) -> Record:
     return Record(row[0], row[1], row[2], row[3], row[4])
 
@@ -98,6 +95,7 @@ class _PresenceSessions:
         self._journal = journal
         self._held: dict[str, tuple[Any, float]] = {}
         self._lock = asyncio.Lock()
+        self._retry = PresenceRetry()
 
     async def since(self, holder: str, *, check: bool) -> float | None:
         """The server time ``holder``'s lock was taken, taking it first if needed
@@ -116,11 +114,20 @@ class _PresenceSessions:
                     pass
                 del self._held[holder]
                 conn.terminate()
-            try:
-                return await asyncio.wait_for(self._hold(holder), PRESENCE_TIMEOUT)
-            except (*_DRIVER_ERRORS, ValueError) as e:
-                self._failed(holder, f"{type(e).__name__}: {e}")
+            if not self._retry.due():
                 return None
+            try:
+                taken_at: float | None = await asyncio.wait_for(
+                    self._hold(holder), PRESENCE_TIMEOUT
+                )
+            except (*_DRIVER_ERRORS, ValueError) as e:
+                self._retry.failed(holder, f"{type(e).__name__}: {e}")
+                return None
+            if taken_at is None:
+                self._retry.failed(holder, "another session holds it")
+            else:
+                self._retry.succeeded()
+            return taken_at
 
     async def _hold(self, holder: str) -> float | None:
         journal = self._journal
@@ -134,16 +141,9 @@ class _PresenceSessions:
             raise
         if not locked:
             conn.terminate()
-            self._failed(holder, "another session holds it")
             return None
         self._held[holder] = (conn, float(since))
         return float(since)
-
-    def _failed(self, holder: str, error: str) -> None:
-        log.warning(
-            "cannot hold a presence lock: a standby will take over only once the lease lapses",
-            extra={"action": "presence_lock_failed", "holder": holder, "error": error},
-        )
 
     async def close(self) -> None:
         """Release every lock (by ending its session)."""

@@ -13,6 +13,9 @@ Only a lock that is free proves anything. A missing file, a file that cannot be
 opened, or a lock held (the holder runs, or is paused: SIGSTOP keeps its locks)
 all say "maybe alive", and the lease lapses as it always did. Fencing does not
 rely on any of this: a lease taken too early still has a newer epoch.
+
+The PostgreSQL and Redis journals hold their presence on the server instead; all
+three space out their attempts after a failure with :class:`PresenceRetry`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 DIRECTORY_SUFFIX: Final = "-masters"
 #: How long :meth:`PresenceLocks.hold` waits for a lock file another process holds.
 OWN_LOCK_WAIT: Final = 0.1
+#: Seconds between attempts to hold a presence after one failed.
+RETRY_S: Final = 10.0
 
 
 class PresenceLocks:
@@ -45,6 +51,7 @@ class PresenceLocks:
         #: holder -> the open, locked file of that holder in this process
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._retry = PresenceRetry()
 
     def path(self, holder: str) -> str:
         """The lock file of ``holder`` (hashed: holders are free-form strings)."""
@@ -54,26 +61,26 @@ class PresenceLocks:
     def hold(self, holder: str) -> bool:
         """Lock ``holder``'s file for this process (kept until :meth:`release_all`).
 
-        Returns False, and logs why, if it cannot: the lease then only lapses.
+        Returns False if it cannot (logged, and not tried again for :data:`RETRY_S`
+        seconds): the lease then only lapses.
         """
         with self._lock:
             if holder in self._held:
                 return True
+            if not self._retry.due():
+                return False
             path = self.path(holder)
             try:
                 os.makedirs(self.directory, exist_ok=True)
                 fd = _lock_own(path)
             except OSError as exc:
-                fd, error = None, str(exc)
+                fd, error = None, f"{path}: {exc}"
             else:
-                error = "another process holds it"
+                error = f"{path}: another process holds it"
             if fd is None:
-                log.warning(
-                    "cannot hold a presence lock: a standby will take over only once "
-                    "the lease lapses",
-                    extra={"action": "presence_lock_failed", "path": path, "error": error},
-                )
+                self._retry.failed(holder, error)
                 return False
+            self._retry.succeeded()
             self._held[holder] = fd
             return True
 
@@ -119,6 +126,39 @@ class PresenceLocks:
             os.close(fd)
 
 
+class PresenceRetry:
+    """When to try again to hold a presence that could not be held, and one warning
+    per run of failures (a standby asks every poll; it must not retry or log as often)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._next_at = 0.0
+        self._failing = False
+
+    def due(self) -> bool:
+        """Whether an attempt may be made now."""
+        return self._clock() >= self._next_at
+
+    def failed(self, holder: str, error: str) -> None:
+        """An attempt failed: the lease goes on without presence until one succeeds."""
+        self._next_at = self._clock() + RETRY_S
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "cannot hold a presence lock: a standby will take over only once the lease "
+                "lapses (retried every %g s)",
+                RETRY_S,
+                extra={"action": "presence_lock_failed", "holder": holder, "error": error},
+            )
+
+    def succeeded(self) -> None:
+        """An attempt succeeded."""
+        self._next_at = 0.0
+        if self._failing:
+            self._failing = False
+            log.info("presence lock held again", extra={"action": "presence_lock_held"})
+
+
 def _lock_own(path: str) -> int | None:
     """Open (creating) and lock ``path``; None if another process holds it throughout
     :data:`OWN_LOCK_WAIT` seconds (the same holder name used by two processes)."""
@@ -158,4 +198,4 @@ def _same_file(fd: int, path: str) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-__all__ = ["DIRECTORY_SUFFIX", "PresenceLocks"]
+__all__ = ["DIRECTORY_SUFFIX", "PresenceLocks", "PresenceRetry"]

@@ -15,6 +15,16 @@ RDB snapshots alone may lose minutes. A replica does not help: replication is
 asynchronous, and a failover to a replica can lose acknowledged writes. The
 journal logs a warning at open if the server reports ``appendonly no``.
 
+Presence: while its journal is open, a master keeps one pub/sub connection
+subscribed to its own channel (:data:`PRESENCE_CHANNEL` + holder), subscribed
+before its lease can name it. The server drops the subscription when the
+connection closes: at once when the master's process ends. ``acquire`` and
+``renew`` record in the lease the server's ``run_id`` if they count the caller's
+subscriber (``presence_run``); a standby's ``acquire`` takes an unexpired lease
+whose holder has no subscriber on that same server run. After a server restart
+(or a failover to a replica) the run differs and proves nothing; a holder whose
+subscriber is not counted subscribes again before its next renewal.
+
 ``trim`` deletes at most :data:`TRIM_CHUNK` records per script run, so a large
 trim does not stall the server; if the caller is fenced out between two chunks
 the records already deleted were below the snapshot, which is what trim may
@@ -23,6 +33,7 @@ delete anyway.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -31,19 +42,22 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from mawex.errors import FencedOut, JournalError
 from mawex.journal import JournalURL, check_batch, check_namespace, redact
 from mawex.journal.base import Lease, Member, Record, Snapshot
+from mawex.journal.presence import PresenceRetry
 
 log = logging.getLogger(__name__)
 _warned_volatile: set[str] = set()
 
 #: The prefix of every key of a namespace (``KEY_PREFIX.format(namespace)``).
 KEY_PREFIX: Final = "mawex:{{{}}}:"
-#: Hash: ``holder``, ``epoch``, ``expires_us`` (server clock, microseconds), ``url``.
+#: Hash: ``holder``, ``epoch``, ``expires_us`` (server clock, microseconds), ``url``, and
+#: ``presence_run``: the server's ``run_id`` when the holder's presence was last seen.
 LEASE_KEY: Final = "lease"
 #: Hash: ``last``, the newest offset ever appended.
 META_KEY: Final = "meta"
@@ -59,6 +73,9 @@ PLAIN_KEY: Final = "plain"
 TOPIC_KEY: Final = "topic"
 #: Hash: ``offset`` and ``body`` of the snapshot.
 SNAPSHOT_KEY: Final = "snapshot"
+#: Pub/sub channel (after the key prefix, before the holder): a master subscribes to
+#: its own while its journal is open, so the server counts one subscriber per live one.
+PRESENCE_CHANNEL: Final = "presence:"
 
 #: A stored record: flags (:data:`HAS_TOPIC`, :data:`HAS_EPOCH`), topic offset, ``at``,
 #: the writer's epoch; then the body.
@@ -72,8 +89,12 @@ TRIM_CHUNK: Final = 5000
 #: Seconds to wait for the server on connect and on each command.
 CONNECT_TIMEOUT: Final = 10.0
 COMMAND_TIMEOUT: Final = 30.0
+#: Seconds a presence subscription may take before the lease goes on without it.
+PRESENCE_TIMEOUT: Final = 1.0
 
 _OK, _FENCED, _BAD_OFFSET = 0, 1, 2
+#: What a lease script counted of the caller's presence subscription.
+_COUNTED, _NOT_COUNTED, _CANNOT_COUNT = 1, 0, -1
 
 _FENCE = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
@@ -164,33 +185,67 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
-# KEYS: lease; ARGV: holder ttl_us has_url url -> {0} or {1, epoch, expires_us}
+# Presence: the server counts the subscribers of a holder's channel; a count of 0 on
+# the server run that saw the holder subscribed means its connection closed. pcall:
+# a user without INFO or PUBSUB gets no presence, and leases that only lapse.
+_PRESENCE = """
+local function server_run()
+    local info = redis.pcall('INFO', 'server')
+    if type(info) ~= 'string' then return nil end
+    return string.match(info, 'run_id:(%x+)')
+end
+local function subscribers(holder)
+    local reply = redis.pcall('PUBSUB', 'NUMSUB', ARGV[1] .. holder)
+    if type(reply) ~= 'table' or reply.err then return nil end
+    return tonumber(reply[2])
+end
+local function mark_presence(holder)
+    local run = server_run()
+    local count = subscribers(holder)
+    if run and count and count > 0 then
+        redis.call('HSET', KEYS[1], 'presence_run', run)
+        return 1
+    end
+    redis.call('HDEL', KEYS[1], 'presence_run')
+    if run and count then return 0 end
+    return -1
+end
+"""
+
+# KEYS: lease; ARGV: channel_prefix holder ttl_us has_url url
+#   -> {0} or {1, epoch, expires_us, counted}
 _ACQUIRE = (
     _NOW
+    + _PRESENCE
     + """
-local held = redis.call('HMGET', KEYS[1], 'holder', 'expires_us')
-if held[1] and held[1] ~= ARGV[1] and tonumber(held[2]) > now then return {0} end
+local held = redis.call('HMGET', KEYS[1], 'holder', 'expires_us', 'presence_run')
+if held[1] and held[1] ~= ARGV[2] and tonumber(held[2]) > now then
+    if not held[3] or held[3] ~= server_run() or subscribers(held[1]) ~= 0 then
+        return {0}
+    end
+end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-local expires = string.format('%.0f', now + tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires_us', expires)
-if ARGV[3] == '1' then
-    redis.call('HSET', KEYS[1], 'url', ARGV[4])
+local expires = string.format('%.0f', now + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'holder', ARGV[2], 'expires_us', expires)
+if ARGV[4] == '1' then
+    redis.call('HSET', KEYS[1], 'url', ARGV[5])
 else
     redis.call('HDEL', KEYS[1], 'url')
 end
-return {1, epoch, expires}
+return {1, epoch, expires, mark_presence(ARGV[2])}
 """
 )
 
-# KEYS: lease; ARGV: epoch holder ttl_us -> {0} or {1, expires_us}
+# KEYS: lease; ARGV: channel_prefix epoch holder ttl_us -> {0} or {1, expires_us, counted}
 _RENEW = (
     _NOW
+    + _PRESENCE
     + """
 local held = redis.call('HMGET', KEYS[1], 'holder', 'epoch')
-if held[1] ~= ARGV[2] or tonumber(held[2]) ~= tonumber(ARGV[1]) then return {0} end
-local expires = string.format('%.0f', now + tonumber(ARGV[3]))
+if held[1] ~= ARGV[3] or tonumber(held[2]) ~= tonumber(ARGV[2]) then return {0} end
+local expires = string.format('%.0f', now + tonumber(ARGV[4]))
 redis.call('HSET', KEYS[1], 'expires_us', expires)
-return {1, expires}
+return {1, expires, mark_presence(ARGV[3])}
 """
 )
 
@@ -252,6 +307,7 @@ class _Keys:
     topic: str
     snapshot: str
     members: str
+    presence: str
 
     @classmethod
     def of(cls, namespace: str) -> _Keys:
@@ -268,6 +324,7 @@ class _Keys:
                     TOPIC_KEY,
                     SNAPSHOT_KEY,
                     MEMBERS_KEY,
+                    PRESENCE_CHANNEL,
                 )
             )
         )
@@ -289,6 +346,72 @@ def _unpack(offset: bytes, value: bytes) -> Record:
     return Record(int(offset), topic if flags & HAS_TOPIC else None, at, body, epoch)
 
 
+class _Presence:
+    """This process's presence: one pub/sub connection, subscribed to the channel of
+    each lease holder that used this journal (see the module docstring)."""
+
+    def __init__(self, journal: RedisJournal) -> None:
+        self._journal = journal
+        self._pubsub: PubSub | None = None
+        self._channels: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._retry = PresenceRetry()
+
+    async def hold(self, holder: str) -> None:
+        """Subscribe to ``holder``'s channel unless already subscribed; on failure the
+        lease goes on without presence (and only lapses)."""
+        channel = self._journal.keys.presence + holder
+        if channel in self._channels or not self._retry.due():
+            return
+        async with self._lock:
+            if channel in self._channels:
+                return
+            try:
+                await asyncio.wait_for(self._subscribe(channel), PRESENCE_TIMEOUT)
+            except (RedisError, OSError, TimeoutError) as e:
+                await self._drop()
+                self._retry.failed(holder, f"{type(e).__name__}: {e}")
+
+    async def _subscribe(self, channel: str) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._journal._require_open().pubsub()
+        pubsub = self._pubsub
+        await pubsub.subscribe(channel)
+        # the confirmation: the server counts this subscriber from now on
+        while True:
+            message = await pubsub.get_message(timeout=PRESENCE_TIMEOUT)
+            if message is None:
+                raise TimeoutError(f"no confirmation of the subscription to {channel!r}")
+            if message["type"] == "subscribe" and message["channel"] == channel.encode():
+                break
+        self._channels.add(channel)
+
+    async def counted(self, holder: str, count: int) -> None:
+        """What a lease script counted of ``holder``'s subscription (see ``_PRESENCE``)."""
+        if count == _COUNTED:
+            self._retry.succeeded()
+        elif count == _NOT_COUNTED:
+            # its connection was closed, or the server restarted: start over on a new one
+            async with self._lock:
+                await self._drop()
+        elif count == _CANNOT_COUNT and self._retry.due():
+            self._retry.failed(holder, "the server refuses INFO or PUBSUB to this user")
+
+    async def _drop(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self._channels.clear()
+        if pubsub is not None:
+            try:
+                await asyncio.wait_for(pubsub.aclose(), PRESENCE_TIMEOUT)  # type: ignore[no-untyped-call]
+            except (RedisError, OSError, TimeoutError) as e:
+                log.debug("closing a presence subscription: %s", e)
+
+    async def close(self) -> None:
+        """Unsubscribe from every channel (by closing the connection)."""
+        async with self._lock:
+            await self._drop()
+
+
 class RedisJournal:
     """A journal in Redis (see the module docstring)."""
 
@@ -299,6 +422,7 @@ class RedisJournal:
         self._client: aioredis.Redis | None = None
         self._closed = False
         self._scripts: dict[str, AsyncScript] = {}
+        self._presence = _Presence(self)
 
     @classmethod
     def from_url(cls, url: JournalURL, *, namespace: str = "default") -> RedisJournal:
@@ -393,6 +517,7 @@ class RedisJournal:
             )
 
     async def close(self) -> None:
+        await self._presence.close()
         client, self._client = self._client, None
         self._closed = True
         if client is not None:
@@ -462,21 +587,33 @@ class RedisJournal:
     # -- lease ----------------------------------------------------------------
 
     async def acquire(self, holder: str, ttl: float, url: str | None) -> Lease | None:
+        await self._presence.hold(holder)
         reply = await self._script(
             "acquire",
             [self.keys.lease],
-            [holder, round(ttl * 1e6), "0" if url is None else "1", url or ""],
+            [
+                self.keys.presence,
+                holder,
+                round(ttl * 1e6),
+                "0" if url is None else "1",
+                url or "",
+            ],
         )
         if not int(reply[0]):
             return None
+        await self._presence.counted(holder, int(reply[3]))
         return Lease(holder, int(reply[1]), int(reply[2]) / 1e6, url)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
+        await self._presence.hold(lease.holder)
         reply = await self._script(
-            "renew", [self.keys.lease], [lease.epoch, lease.holder, round(ttl * 1e6)]
+            "renew",
+            [self.keys.lease],
+            [self.keys.presence, lease.epoch, lease.holder, round(ttl * 1e6)],
         )
         if not int(reply[0]):
             raise FencedOut(f"the lease of epoch {lease.epoch} was lost")
+        await self._presence.counted(lease.holder, int(reply[2]))
         return Lease(lease.holder, lease.epoch, int(reply[1]) / 1e6, lease.url)
 
     async def release(self, lease: Lease) -> None:
@@ -538,6 +675,7 @@ __all__ = [
     "MEMBERS_KEY",
     "META_KEY",
     "PLAIN_KEY",
+    "PRESENCE_CHANNEL",
     "RECORDS_KEY",
     "SNAPSHOT_KEY",
     "TOPIC_KEY",
