@@ -43,7 +43,7 @@ bench-compare: $(COMPARE_VENV)/.installed
 bench-scale: $(VENV)/.installed-dev
 	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
-## chaos: the long chaos run on SQLite and PostgreSQL (5,000 tasks, 75 events: 50 leader
+## chaos: the long chaos run on SQLite, PostgreSQL and Redis (5,000 tasks, 75 events: 50 leader
 ## SIGKILL/SIGSTOP, random worker kills, PostgreSQL server restarts); history files in chaos-history/
 CHAOS_TASKS   ?= 5000
 CHAOS_EVENTS  ?= 75

@@ -175,12 +175,20 @@ class Outcome:
 class ChaosRun:
     """One chaos run against ``journal`` (see the module docstring)."""
 
-    def __init__(self, workdir: Path, journal: str, config: ChaosConfig | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        journal: str,
+        config: ChaosConfig | None = None,
+        *,
+        master_id: str = "default",
+    ) -> None:
         self.config = config or ChaosConfig()
         if not self.config.deadline_s:
             self.config.deadline_s = run_budget(self.config.tasks, self.config.events)
         self.workdir = workdir
         self.journal_url = journal
+        self.master_id = master_id
         self.rng = random.Random(self.config.seed)
         self.cluster = LocalCluster(
             workdir,
@@ -270,6 +278,7 @@ class ChaosRun:
             "--heartbeat", str(config.heartbeat),
             "--worker-grace", str(config.worker_grace),
             "--snapshot-every", str(config.snapshot_every),
+            "--master-id", self.master_id,
         )  # fmt: skip
         self._master_args = extra
         for i in range(config.masters):
@@ -460,7 +469,7 @@ class ChaosRun:
             submitter.stop.set()
             self.cluster.stop_all()
             self._http.close()
-        records, snapshot = read_journal(self.journal_url)
+        records, snapshot = read_journal(self.journal_url, self.master_id)
         return Outcome(
             topic=topic,
             journal=records,

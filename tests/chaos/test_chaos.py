@@ -25,8 +25,8 @@ pytestmark = [
 ]
 
 
-def _run(tmp_path: Path, journal: str) -> None:
-    chaos = ChaosRun(tmp_path, journal)
+def _run(tmp_path: Path, journal: str, master_id: str = "default") -> None:
+    chaos = ChaosRun(tmp_path, journal, master_id=master_id)
     outcome = chaos.run()
     history = outcome.check()
     print("\n".join(outcome.timeline))
@@ -50,3 +50,8 @@ def test_chaos_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgresql
 def test_chaos_postgresql(tmp_path: Path, postgresql_url: str) -> None:
     _run(tmp_path, postgresql_url)
+
+
+@pytest.mark.redis
+def test_chaos_redis(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    _run(tmp_path, redis_url, redis_namespace)

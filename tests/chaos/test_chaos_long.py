@@ -56,8 +56,15 @@ PG_EVERY = env_int("MAWEX_CHAOS_PG_EVERY", 5)
 class LongChaosRun(ChaosRun):
     """:class:`ChaosRun` with random worker kills and, optionally, PostgreSQL restarts."""
 
-    def __init__(self, workdir: Path, journal: str, *, restart_postgresql: bool) -> None:
-        super().__init__(workdir, journal)
+    def __init__(
+        self,
+        workdir: Path,
+        journal: str,
+        *,
+        restart_postgresql: bool = False,
+        master_id: str = "default",
+    ) -> None:
+        super().__init__(workdir, journal, master_id=master_id)
         self.restart_pg = restart_postgresql
         self.lock = threading.RLock()
         self.counts: Counter[str] = Counter()
@@ -213,9 +220,16 @@ def recheck(path: Path) -> History:
 # -- the runs --------------------------------------------------------------------------
 
 
-def _long_run(tmp_path: Path, journal: str, name: str, *, restart_pg: bool = False) -> None:
+def _long_run(
+    tmp_path: Path,
+    journal: str,
+    name: str,
+    *,
+    restart_pg: bool = False,
+    master_id: str = "default",
+) -> None:
     started = time.monotonic()
-    chaos = LongChaosRun(tmp_path, journal, restart_postgresql=restart_pg)
+    chaos = LongChaosRun(tmp_path, journal, restart_postgresql=restart_pg, master_id=master_id)
     outcome = chaos.run()
     history = outcome.check()
     seconds = time.monotonic() - started
@@ -243,3 +257,8 @@ def test_long_chaos_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgresql
 def test_long_chaos_postgresql(tmp_path: Path, postgresql_url: str) -> None:
     _long_run(tmp_path, postgresql_url, "postgresql", restart_pg=True)
+
+
+@pytest.mark.redis
+def test_long_chaos_redis(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    _long_run(tmp_path, redis_url, "redis", master_id=redis_namespace)
