@@ -111,11 +111,11 @@ class Store:
 
     @classmethod
     async def create(
-        cls, backend: str, workdir: Path, args: argparse.Namespace, label: str
+        cls, backend: str, workdir: Path, pg_url: str, label: str, redis_url: str = DEFAULT_REDIS
     ) -> Store:
         if backend == "redis":
             namespace = f"bench-{os.getpid()}-{label.replace('.', '-')}-{uuid.uuid4().hex[:6]}"
-            return cls(backend, args.redis, workdir, namespace=namespace)
+            return cls(backend, redis_url, workdir, namespace=namespace)
         if backend == "sqlite":
             path = workdir / f"failover-{label}.db"
             for stale in (
@@ -127,7 +127,6 @@ class Store:
             return cls(backend, f"sqlite:///{path}", workdir)
         import asyncpg
 
-        pg_url = args.postgresql
         database = f"mawex_bench_{os.getpid()}_{label.lower()}_{uuid.uuid4().hex[:6]}"
         conn = await asyncpg.connect(pg_url, timeout=10)
         try:
@@ -222,7 +221,7 @@ async def fill(
 # -- 2, 3. replay and snapshot --------------------------------------------------------
 
 
-async def cold_rebuild(url: str, namespace: str) -> tuple[float, Engine]:
+async def cold_rebuild(url: str, namespace: str = "default") -> tuple[float, Engine]:
     """Seconds a new standby takes to rebuild its state from the journal (snapshot + replay),
     with the cycle collector paused and then frozen, as ``mawex master`` does."""
     engine = Engine(open_journal(url, namespace=namespace), EngineSettings())
@@ -390,7 +389,9 @@ def main() -> int:
         for backend in args.backends.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
                 name = f"{backend}.{size_label(size)}"
-                store = asyncio.run(Store.create(backend, workdir, args, name))
+                store = asyncio.run(
+                    Store.create(backend, workdir, args.postgresql, name, args.redis)
+                )
                 try:
                     asyncio.run(prepare(store, size, args, figures, name))
                     samples = measure_failovers(store, workdir, args, figures, name)
