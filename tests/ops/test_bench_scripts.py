@@ -71,3 +71,26 @@ def test_failover_one_kill(backend: str, tmp_path: Path, request: pytest.Fixture
     figures = _figures(output)
     for name in ("replay", "cold_rebuild", "startup", "failover"):
         assert any(key.startswith(f"{name}.{backend}.500.") for key in figures), (name, output)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--journal", "sqlite"),
+        ("--journal", "sqlite-normal", "--busy-poll", "0.0005", "--inline", "--unix"),
+    ],
+    ids=["defaults", "every-setting"],
+)
+def test_roundtrip(args: tuple[str, ...]) -> None:
+    output = _run("roundtrip.py", "--tasks", "50", *args)
+    assert "tasks 50: p50" in output, output
+
+
+def test_throughput() -> None:
+    figures = _figures(_run("throughput.py", "--tasks", "300"))
+    assert any(name.startswith("enqueue_") for name in figures), figures
+
+
+def test_sandbox_overhead() -> None:
+    output = _run("sandbox_overhead.py", "--tasks", "20")
+    assert "forked-warm" in output and "forked-spawn" in output, output
