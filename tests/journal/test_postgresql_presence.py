@@ -6,14 +6,17 @@ session), driven by the JSON commands of ``test_sqlite_processes``.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.journal.test_sqlite_processes import NAMESPACE, children
+from tests.journal.test_sqlite_processes import (
+    NAMESPACE,
+    children,
+    paused_holder_kept_killed_one_taken_over,
+)
 
 #: Longer than any wait here: a takeover within the test cannot be the lease lapsing.
 TTL = 600
@@ -37,20 +40,7 @@ async def test_a_killed_holder_is_taken_over_before_its_lease_lapses(
     spawn: Any, postgresql_url: str
 ) -> None:
     a, b = await spawn(), await spawn()
-    assert await a.call("acquire", holder="A", ttl=TTL) == {"epoch": 1}
-    assert await b.call("acquire", holder="B", ttl=TTL) == {"epoch": None}, "A runs"
-
-    a.proc.send_signal(signal.SIGSTOP)  # paused, not gone: its sessions stay
-    try:
-        assert await b.call("acquire", holder="B", ttl=TTL) == {"epoch": None}
-    finally:
-        a.proc.send_signal(signal.SIGCONT)
-    assert await a.call("renew", ttl=TTL) == {"epoch": 1}
-
-    a.proc.kill()
-    await a.proc.wait()
-    # the server ends A's sessions as their sockets close: at once, but not synchronously
-    assert await b.call("acquire_when_free", holder="B", ttl=TTL) == {"epoch": 2}
+    await paused_holder_kept_killed_one_taken_over(a, b, TTL)
     c = await spawn()
     assert await c.call("acquire", holder="C", ttl=TTL) == {"epoch": None}, "B runs"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +17,10 @@ import redis.asyncio as aioredis
 
 from mawex.journal import open_journal
 from mawex.journal.redis import KEY_PREFIX, LEASE_KEY, PRESENCE_CHANNEL
-from tests.journal.test_sqlite_processes import children
+from tests.journal.test_sqlite_processes import (
+    children,
+    paused_holder_kept_killed_one_taken_over,
+)
 
 #: Longer than any wait here: a takeover within the test cannot be the lease lapsing.
 TTL = 600
@@ -51,24 +53,9 @@ async def test_a_killed_holder_is_taken_over_before_its_lease_lapses(
     spawn: Any, server: aioredis.Redis, redis_namespace: str
 ) -> None:
     a, b = await spawn(), await spawn()
-    assert await a.call("acquire", holder="A", ttl=TTL) == {"epoch": 1}
-    assert (
-        await server.hget(_lease_key(redis_namespace), "presence_run")
-        == ((await server.info("server"))["run_id"])
-    )
-    assert await b.call("acquire", holder="B", ttl=TTL) == {"epoch": None}, "A runs"
-
-    a.proc.send_signal(signal.SIGSTOP)  # paused, not gone: its connections stay
-    try:
-        assert await b.call("acquire", holder="B", ttl=TTL) == {"epoch": None}
-    finally:
-        a.proc.send_signal(signal.SIGCONT)
-    assert await a.call("renew", ttl=TTL) == {"epoch": 1}
-
-    a.proc.kill()
-    await a.proc.wait()
-    # the server drops A's subscription as its socket closes: at once, not synchronously
-    assert await b.call("acquire_when_free", holder="B", ttl=TTL) == {"epoch": 2}
+    await paused_holder_kept_killed_one_taken_over(a, b, TTL)
+    run = (await server.info("server"))["run_id"]
+    assert await server.hget(_lease_key(redis_namespace), "presence_run") == run, "B's"
     c = await spawn()
     assert await c.call("acquire", holder="C", ttl=TTL) == {"epoch": None}, "B runs"
     await b.stop()  # closed without releasing: its subscription ends with its journal

@@ -173,6 +173,23 @@ async def children(url: str, namespace: str = NAMESPACE) -> AsyncIterator[Callab
         yield start
 
 
+async def paused_holder_kept_killed_one_taken_over(a: Child, b: Child, ttl: float) -> None:
+    """A leads with a lease of ``ttl`` (longer than the test); paused (SIGSTOP), it
+    keeps it from B; killed, B takes it as soon as the server has seen A's
+    connections close (at once, but not synchronously)."""
+    assert await a.call("acquire", holder="A", ttl=ttl) == {"epoch": 1}
+    assert await b.call("acquire", holder="B", ttl=ttl) == {"epoch": None}, "A runs"
+    a.proc.send_signal(signal.SIGSTOP)  # paused, not gone: its connections stay
+    try:
+        assert await b.call("acquire", holder="B", ttl=ttl) == {"epoch": None}
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    assert await a.call("renew", ttl=ttl) == {"epoch": 1}
+    a.proc.kill()
+    await a.proc.wait()
+    assert await b.call("acquire_when_free", holder="B", ttl=ttl) == {"epoch": 2}
+
+
 @pytest.fixture
 async def spawn(tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
     """Start children on one journal file; they are stopped after the test."""
