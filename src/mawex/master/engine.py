@@ -108,6 +108,9 @@ class Engine:
         self.role: Role = "starting"
         self.lease: Lease | None = None
         self.leader_seen: Lease | None = None
+        #: Set when a client or worker looked for a leader here in vain: a standby then
+        #: polls the lease at once (its leader may have just died) instead of on schedule.
+        self.leader_wanted = asyncio.Event()
         #: The masters that announced themselves, as last read, and when (by ``clock``).
         self.members: list[Member] = []
         self.members_read_at = 0.0
@@ -323,6 +326,7 @@ class Engine:
         if self._stopping:  # its loop is gone or going: nothing queued now would run
             raise NotLeader(None)
         if not self.is_leader:
+            self.leader_wanted.set()
             raise NotLeader(self.leader_url)
 
     async def call(self, fn: Callable[[MasterState, float], T]) -> T:

@@ -1,5 +1,9 @@
 """The lease loop: acquire, renew, step down; standbys tail the journal meanwhile.
 
+A standby polls the lease every :data:`STANDBY_POLL_S`, and sooner when a client or
+worker asked it for the leader: those of a leader that died come at once, and the
+journal's presence locks tell the standby whether the holder is gone.
+
 Beside it runs the membership loop: every master, leader or standby, announces
 itself in the journal (:meth:`~mawex.journal.base.Journal.announce`) every
 ``lease_ttl / 3`` seconds and at once when its role changes, and reads back who
@@ -26,7 +30,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mawex.master")
 
+#: How often a standby polls the lease (and tails the journal)...
 STANDBY_POLL_S = 0.2
+#: ...or sooner, this long after its last poll, when a client or worker wanted a
+#: leader there: one whose leader just died finds it within a few polls of its own.
+STANDBY_WAKE_S = 0.02
 #: An announcement lives this many lease TTLs.
 MEMBER_TTL_FACTOR = 2.0
 #: How often the membership loop looks for a role change.
@@ -86,7 +94,17 @@ async def _lease_loop(engine: Engine) -> None:
             await engine.step_down("cannot follow the journal")
             with contextlib.suppress(Exception):
                 await engine.rebuild()
-        await asyncio.sleep(STANDBY_POLL_S)
+        await _until_next_poll(engine)
+
+
+async def _until_next_poll(engine: Engine) -> None:
+    """Wait :data:`STANDBY_POLL_S`, or :data:`STANDBY_WAKE_S` once a leader was wanted."""
+    await asyncio.sleep(STANDBY_WAKE_S)
+    wanted = engine.leader_wanted
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(STANDBY_POLL_S - STANDBY_WAKE_S):
+            await wanted.wait()
+    wanted.clear()
 
 
 def _announced_role(engine: Engine) -> str:
