@@ -88,12 +88,15 @@ async def test_sqlite_file_without_epochs_is_migrated(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgresql
-async def test_postgresql_database_without_epochs_is_migrated(postgresql_url: str) -> None:
+async def test_postgresql_database_without_epochs_or_presence_is_migrated(
+    postgresql_url: str,
+) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(postgresql_url)
     try:
         await conn.execute("ALTER TABLE mawex_records DROP COLUMN epoch")
+        await conn.execute("ALTER TABLE mawex_lease DROP COLUMN present_since")
         await conn.execute("DROP TABLE mawex_members")
         await conn.execute(
             "INSERT INTO mawex_records (ns, seq, topic, at, body) VALUES ('default', 1, 1, 5, 'x')"

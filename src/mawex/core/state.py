@@ -488,6 +488,7 @@ class MasterState:
         names, intern = self.names, self.intern
         pending, is_running = TaskStatus.PENDING, TaskStatus.RUNNING
         for record in records:
+            # intern's own first look, inline: a call saved per record
             group = record.group = names.get(record.group) or intern(record.group)
             tasks[(group, record.id)] = record
             status = record.status = _STATUSES[record.status]

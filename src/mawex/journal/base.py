@@ -127,7 +127,8 @@ class Journal(Protocol):
 
         A backend that can prove the holder's process gone may take it before it
         lapses (SQLite: :mod:`mawex.journal.presence`; PostgreSQL: the holder's
-        presence session, :mod:`mawex.journal.postgresql`)."""
+        presence session, :mod:`mawex.journal.postgresql`; Redis: its presence
+        subscription, :mod:`mawex.journal.redis`)."""
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         """Extend a held lease; FencedOut if it was lost to a newer epoch."""

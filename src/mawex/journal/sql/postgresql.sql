@@ -24,27 +24,31 @@ CREATE TABLE IF NOT EXISTS mawex_records (
     epoch bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (ns, seq)
 );
--- databases made before records carried their writer's epoch (checked first: an ALTER
--- TABLE would lock the table even when it has nothing to do)
+-- columns added since a database may have been made: records' writer epoch, and the
+-- lease's time its holder took its presence lock (checked first: an ALTER TABLE would
+-- lock the table even when it has nothing to do)
 DO $$
+DECLARE
+    added record;
 BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM information_schema.columns
-        WHERE table_schema = current_schema()
-            AND table_name = 'mawex_records'
-            AND column_name = 'epoch'
-    ) THEN
-        ALTER TABLE mawex_records ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
-    END IF;
-    -- and before leases said since when their holder held its presence lock
-    IF NOT EXISTS (
-        SELECT 1 FROM information_schema.columns
-        WHERE table_schema = current_schema()
-            AND table_name = 'mawex_lease'
-            AND column_name = 'present_since'
-    ) THEN
-        ALTER TABLE mawex_lease ADD COLUMN present_since timestamptz;
-    END IF;
+    FOR added IN
+        SELECT * FROM (VALUES
+            ('mawex_records', 'epoch', 'bigint NOT NULL DEFAULT 0'),
+            ('mawex_lease', 'present_since', 'timestamptz')
+        ) AS columns (table_name, column_name, definition)
+    LOOP
+        IF NOT EXISTS (
+            SELECT 1 FROM information_schema.columns
+            WHERE table_schema = current_schema()
+                AND table_name = added.table_name
+                AND column_name = added.column_name
+        ) THEN
+            EXECUTE format(
+                'ALTER TABLE %I ADD COLUMN %I %s',
+                added.table_name, added.column_name, added.definition
+            );
+        END IF;
+    END LOOP;
 END
 $$;
 CREATE INDEX IF NOT EXISTS mawex_records_topic
